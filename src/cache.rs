@@ -1,0 +1,604 @@
+//! The cache stage: every mounted volume's current secret values, in memory only.
+//!
+//! Each volume has a fixed `Layout` (its directories and files, from the SPC's objects) and a
+//! current `Snapshot` (one immutable `Version` per file). The poller builds a new snapshot and
+//! swaps it in atomically (`ArcSwap`): readers never take a lock the poller holds, and a reader
+//! sees either the old snapshot or the new one, never a mix.
+//!
+//! A file's version changes only when its bytes change; each new version gets the next
+//! generation number, which the fs layer turns into a new inode (see `fs`). `replace` reports
+//! what changed as a `ChangeSet`, which drives kernel invalidation and, later, Secret sync,
+//! pod status and events.
+//!
+//! This module imports nothing of FUSE, HTTP, gRPC or Kubernetes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::provider::FetchedObject;
+use crate::secret::SecretBytes;
+use crate::spc::{ObjectPath, ObjectSpec};
+use crate::volume::Ownership;
+
+/// Largest volume slot number (24 bits; see `fs::Ino`).
+pub const MAX_SLOT: u32 = (1 << 24) - 1;
+/// Largest node index in one volume (16 bits; see `fs::Ino`).
+pub const MAX_NODES: usize = 1 << 16;
+/// Generations wrap within 24 bits, skipping 0 (reserved for directories).
+pub const MAX_GENERATION: u32 = (1 << 24) - 1;
+
+/// Default mode of a secret file (upstream's 0644).
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+/// Mode of the directories of a volume.
+pub const DIR_MODE: u32 = 0o755;
+
+/// Errors of the cache layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Too many files and directories in one volume.
+    #[error("volume '{volume}' has more than {MAX_NODES} files and directories")]
+    TooManyNodes {
+        /// The volume id.
+        volume: String,
+    },
+    /// Too many volumes.
+    #[error("no free volume slot (at most {MAX_SLOT} volumes)")]
+    NoFreeSlot,
+    /// The volume id cannot be a directory name.
+    #[error("volume id '{0}' is not a valid name (1-255 of [A-Za-z0-9._-], not '.' or '..')")]
+    InvalidVolumeId(String),
+    /// A volume with this id is already cached.
+    #[error("volume '{0}' is already published")]
+    AlreadyExists(String),
+    /// A fetch result does not match the layout (programming error, reported not panicked).
+    #[error("fetched objects do not match the layout of volume '{volume}': {detail}")]
+    LayoutMismatch {
+        /// The volume id.
+        volume: String,
+        /// What did not match.
+        detail: String,
+    },
+}
+
+/// What a node of a volume's tree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A directory with its children, sorted by name.
+    Dir {
+        /// (name, node index), sorted by name.
+        children: Vec<(String, u16)>,
+    },
+    /// A secret file.
+    File {
+        /// Permission bits.
+        mode: u32,
+    },
+}
+
+/// One node of a volume's tree. Node 0 is the volume's root directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Last path component (empty for the root).
+    pub name: String,
+    /// Index of the parent directory (0 for the root itself).
+    pub parent: u16,
+    /// Directory or file.
+    pub kind: NodeKind,
+}
+
+/// The fixed tree of a volume, built once from its objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    nodes: Vec<Node>,
+    /// Node index of each object, in the order of the SPC's objects.
+    object_nodes: Vec<u16>,
+}
+
+impl Layout {
+    /// Builds the tree of `objects`. Paths were validated by the SPC parser (relative, unique,
+    /// no file that is also a directory).
+    pub fn new(volume: &str, objects: &[ObjectSpec]) -> Result<Self, CacheError> {
+        let too_many = || CacheError::TooManyNodes {
+            volume: volume.to_owned(),
+        };
+        // Collect every directory and file path first, so indices are deterministic: sorted by
+        // path, which keeps inode numbers stable for the same SPC across restarts.
+        let mut paths: BTreeMap<Vec<String>, Option<u32>> = BTreeMap::new();
+        for obj in objects {
+            let comps: Vec<String> = obj.path.components().map(str::to_owned).collect();
+            for i in 1..comps.len() {
+                paths.entry(comps[..i].to_vec()).or_insert(None);
+            }
+            paths.insert(comps, Some(obj.mode.unwrap_or(DEFAULT_FILE_MODE)));
+        }
+        if paths.len() + 1 > MAX_NODES {
+            return Err(too_many());
+        }
+        let mut nodes = vec![Node {
+            name: String::new(),
+            parent: 0,
+            kind: NodeKind::Dir {
+                children: Vec::new(),
+            },
+        }];
+        let mut index: HashMap<Vec<String>, u16> = HashMap::new();
+        for (comps, mode) in &paths {
+            let idx = u16::try_from(nodes.len()).map_err(|_| too_many())?;
+            let parent = if comps.len() == 1 {
+                0
+            } else {
+                *index
+                    .get(&comps[..comps.len() - 1])
+                    .ok_or_else(|| CacheError::LayoutMismatch {
+                        volume: volume.to_owned(),
+                        detail: format!("missing parent of '{}'", comps.join("/")),
+                    })?
+            };
+            let name = comps.last().cloned().unwrap_or_default();
+            nodes.push(Node {
+                name: name.clone(),
+                parent,
+                kind: match mode {
+                    Some(mode) => NodeKind::File { mode: *mode },
+                    None => NodeKind::Dir {
+                        children: Vec::new(),
+                    },
+                },
+            });
+            if let NodeKind::Dir { children } = &mut nodes[usize::from(parent)].kind {
+                children.push((name, idx));
+            }
+            index.insert(comps.clone(), idx);
+        }
+        for node in &mut nodes {
+            if let NodeKind::Dir { children } = &mut node.kind {
+                children.sort();
+            }
+        }
+        let object_nodes = objects
+            .iter()
+            .map(|o| {
+                let comps: Vec<String> = o.path.components().map(str::to_owned).collect();
+                index.get(&comps).copied().ok_or_else(too_many)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            nodes,
+            object_nodes,
+        })
+    }
+
+    /// The node at `idx`.
+    pub fn node(&self, idx: u16) -> Option<&Node> {
+        self.nodes.get(usize::from(idx))
+    }
+
+    /// The child of directory `dir` called `name`.
+    pub fn child(&self, dir: u16, name: &str) -> Option<u16> {
+        match &self.node(dir)?.kind {
+            NodeKind::Dir { children } => children
+                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .ok()
+                .map(|i| children[i].1),
+            NodeKind::File { .. } => None,
+        }
+    }
+
+    /// Number of nodes (directories and files, root included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the layout has only its root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// Node index of the `i`-th object of the SPC.
+    pub fn object_node(&self, i: usize) -> Option<u16> {
+        self.object_nodes.get(i).copied()
+    }
+}
+
+/// One immutable version of one file.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// The bytes. Never changed in place.
+    pub value: SecretBytes,
+    /// Generation: 1 for the first version, +1 for each change (wrapping, never 0).
+    pub generation: u32,
+    /// When this version was fetched (the file's mtime and ctime).
+    pub fetched_at: SystemTime,
+}
+
+/// The current versions of every file of a volume. Immutable once built.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Indexed by node index; `None` for directories.
+    versions: Vec<Option<Version>>,
+}
+
+impl Snapshot {
+    /// The version of file node `idx`.
+    pub fn version(&self, idx: u16) -> Option<&Version> {
+        self.versions.get(usize::from(idx))?.as_ref()
+    }
+}
+
+/// One file whose version changed in a `replace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The object's path.
+    pub path: ObjectPath,
+    /// Node index of the file.
+    pub node: u16,
+    /// Generation before the change.
+    pub old_generation: u32,
+    /// Generation after the change.
+    pub new_generation: u32,
+}
+
+/// What a `replace` changed in one volume. Empty when every value was byte-identical.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// The volume's slot.
+    pub slot: u32,
+    /// Files with a new version, in object order.
+    pub changed: Vec<Change>,
+}
+
+impl ChangeSet {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty()
+    }
+}
+
+/// One cached volume: its identity, fixed layout and current snapshot.
+#[derive(Debug)]
+pub struct CachedVolume {
+    /// Volume id; also its directory name in the FUSE hub.
+    pub id: String,
+    /// Slot number, part of every inode number of the volume.
+    pub slot: u32,
+    /// The fixed tree.
+    pub layout: Layout,
+    /// Owner of the files.
+    pub ownership: Ownership,
+    /// When the volume was first published (directory times).
+    pub created_at: SystemTime,
+    current: ArcSwap<Snapshot>,
+    /// Serializes writers (publish vs poller); readers never take it.
+    write: Mutex<()>,
+}
+
+impl CachedVolume {
+    /// The current snapshot (lock-free).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the values with `fetched` (one entry per object, in object order). Files whose
+    /// bytes did not change keep their version (and inode); the rest get a new generation. The
+    /// new snapshot is visible to readers when this returns.
+    pub fn replace(&self, fetched: Vec<FetchedObject>) -> Result<ChangeSet, CacheError> {
+        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let (next, changes) = build_snapshot(self, Some(&old), fetched)?;
+        if !changes.is_empty() {
+            self.current.store(Arc::new(next));
+        }
+        Ok(ChangeSet {
+            slot: self.slot,
+            changed: changes,
+        })
+    }
+}
+
+fn next_generation(g: u32) -> u32 {
+    if g >= MAX_GENERATION { 1 } else { g + 1 }
+}
+
+fn build_snapshot(
+    vol: &CachedVolume,
+    old: Option<&Snapshot>,
+    fetched: Vec<FetchedObject>,
+) -> Result<(Snapshot, Vec<Change>), CacheError> {
+    let mismatch = |detail: String| CacheError::LayoutMismatch {
+        volume: vol.id.clone(),
+        detail,
+    };
+    if fetched.len() != vol.layout.object_nodes.len() {
+        return Err(mismatch(format!(
+            "{} objects fetched, {} expected",
+            fetched.len(),
+            vol.layout.object_nodes.len()
+        )));
+    }
+    let now = SystemTime::now();
+    let mut versions: Vec<Option<Version>> = vec![None; vol.layout.len()];
+    let mut changes = Vec::new();
+    for (i, obj) in fetched.into_iter().enumerate() {
+        let node = vol.layout.object_nodes[i];
+        if vol.layout.node(node).map(|n| n.name.as_str()) != obj.path.components().last() {
+            return Err(mismatch(format!("object {i} is '{}'", obj.path)));
+        }
+        let previous = old.and_then(|s| s.version(node));
+        let version = match previous {
+            Some(prev) if prev.value.same_value(&obj.value) => prev.clone(),
+            Some(prev) => {
+                let generation = next_generation(prev.generation);
+                changes.push(Change {
+                    path: obj.path.clone(),
+                    node,
+                    old_generation: prev.generation,
+                    new_generation: generation,
+                });
+                Version {
+                    value: obj.value,
+                    generation,
+                    fetched_at: now,
+                }
+            }
+            None => Version {
+                value: obj.value,
+                generation: 1,
+                fetched_at: now,
+            },
+        };
+        versions[usize::from(node)] = Some(version);
+    }
+    Ok((Snapshot { versions }, changes))
+}
+
+/// Every cached volume, by slot and by id. Lookups are lock-free; publish and unpublish copy
+/// the (small) index and swap it.
+#[derive(Debug, Default)]
+pub struct SecretCache {
+    by_slot: ArcSwap<HashMap<u32, Arc<CachedVolume>>>,
+    by_id: ArcSwap<HashMap<String, u32>>,
+    write: Mutex<u32>,
+}
+
+/// Whether `id` can name a directory in the hub.
+pub fn valid_volume_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl SecretCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a volume with its first values. The volume is readable when this returns.
+    pub fn insert(
+        &self,
+        id: &str,
+        layout: Layout,
+        ownership: Ownership,
+        fetched: Vec<FetchedObject>,
+    ) -> Result<Arc<CachedVolume>, CacheError> {
+        if !valid_volume_id(id) {
+            return Err(CacheError::InvalidVolumeId(id.to_owned()));
+        }
+        let mut last_slot = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.by_id.load().contains_key(id) {
+            return Err(CacheError::AlreadyExists(id.to_owned()));
+        }
+        let slots = self.by_slot.load_full();
+        let slot = (1..=MAX_SLOT)
+            .map(|k| (*last_slot + k - 1) % MAX_SLOT + 1)
+            .find(|s| !slots.contains_key(s))
+            .ok_or(CacheError::NoFreeSlot)?;
+        let mut vol = CachedVolume {
+            id: id.to_owned(),
+            slot,
+            layout,
+            ownership,
+            created_at: SystemTime::now(),
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            write: Mutex::new(()),
+        };
+        let (snapshot, _) = build_snapshot(&vol, None, fetched)?;
+        vol.current = ArcSwap::from_pointee(snapshot);
+        let vol = Arc::new(vol);
+        let mut by_slot = (*slots).clone();
+        by_slot.insert(slot, Arc::clone(&vol));
+        let mut by_id = (*self.by_id.load_full()).clone();
+        by_id.insert(id.to_owned(), slot);
+        // Slot first: a reader that finds the id always finds the slot.
+        self.by_slot.store(Arc::new(by_slot));
+        self.by_id.store(Arc::new(by_id));
+        *last_slot = slot;
+        Ok(vol)
+    }
+
+    /// Removes a volume. Its values are wiped once the kernel forgets the inodes still open.
+    pub fn remove(&self, id: &str) -> Option<Arc<CachedVolume>> {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = *self.by_id.load().get(id)?;
+        let mut by_id = (*self.by_id.load_full()).clone();
+        by_id.remove(id);
+        let mut by_slot = (*self.by_slot.load_full()).clone();
+        let vol = by_slot.remove(&slot);
+        self.by_id.store(Arc::new(by_id));
+        self.by_slot.store(Arc::new(by_slot));
+        vol
+    }
+
+    /// Removes every volume (shutdown).
+    pub fn clear(&self) {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.by_id.store(Arc::new(HashMap::new()));
+        self.by_slot.store(Arc::new(HashMap::new()));
+    }
+
+    /// The volume in `slot` (lock-free).
+    pub fn by_slot(&self, slot: u32) -> Option<Arc<CachedVolume>> {
+        self.by_slot.load().get(&slot).cloned()
+    }
+
+    /// The volume called `id` (lock-free).
+    pub fn by_id(&self, id: &str) -> Option<Arc<CachedVolume>> {
+        let slot = *self.by_id.load().get(id)?;
+        self.by_slot(slot)
+    }
+
+    /// Ids of every volume, sorted (for directory listings of the hub root).
+    pub fn ids(&self) -> Vec<(String, u32)> {
+        let mut ids: Vec<(String, u32)> = self
+            .by_id
+            .load()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Number of cached volumes.
+    pub fn len(&self) -> usize {
+        self.by_slot.load().len()
+    }
+
+    /// Whether no volume is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::spc::SecretProviderClass;
+
+    pub(crate) fn objects(spec: &[(&str, Option<u32>)]) -> Vec<ObjectSpec> {
+        let list: String = spec
+            .iter()
+            .map(|(name, mode)| {
+                let mode = mode
+                    .map(|m| format!(", filePermission: \"0{m:o}\""))
+                    .unwrap_or_default();
+                format!("  - {{objectName: \"{name}\", secretPath: \"secret/data/x\"{mode}}}\n")
+            })
+            .collect();
+        let yaml = format!(
+            "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata:\n  name: t\nspec:\n  provider: openbao\n  parameters:\n    roleName: r\n    vaultAddress: http://127.0.0.1:1\n    objects: |\n{}",
+            list.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        );
+        SecretProviderClass::from_yaml(&yaml)
+            .expect("test SPC parses")
+            .objects
+    }
+
+    pub(crate) fn fetched(objs: &[ObjectSpec], values: &[&str]) -> Vec<FetchedObject> {
+        objs.iter()
+            .zip(values)
+            .map(|(o, v)| FetchedObject {
+                path: o.path.clone(),
+                value: SecretBytes::copy_from(v.as_bytes()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layout_builds_sorted_tree_with_dirs() {
+        let objs = objects(&[("b", None), ("a/c/d", Some(0o600)), ("a/x", None)]);
+        let l = Layout::new("v", &objs).expect("layout");
+        // root, a, a/c, a/c/d, a/x, b
+        assert_eq!(l.len(), 6);
+        let a = l.child(0, "a").expect("a");
+        let c = l.child(a, "c").expect("c");
+        let d = l.child(c, "d").expect("d");
+        assert_eq!(
+            l.node(d).map(|n| &n.kind),
+            Some(&NodeKind::File { mode: 0o600 })
+        );
+        assert_eq!(l.object_node(1), Some(d));
+        assert!(l.child(0, "nope").is_none());
+        assert!(l.child(d, "x").is_none());
+        assert_eq!(
+            l.node(l.child(0, "b").expect("b")).map(|n| &n.kind),
+            Some(&NodeKind::File { mode: 0o644 })
+        );
+    }
+
+    #[test]
+    fn replace_bumps_generation_only_on_change() {
+        let objs = objects(&[("a", None), ("b", None)]);
+        let cache = SecretCache::new();
+        let vol = cache
+            .insert(
+                "v1",
+                Layout::new("v1", &objs).expect("layout"),
+                Ownership::default(),
+                fetched(&objs, &["1", "2"]),
+            )
+            .expect("insert");
+        let a = vol.layout.object_node(0).expect("a");
+        let b = vol.layout.object_node(1).expect("b");
+        let before = vol.snapshot();
+        assert_eq!(before.version(a).map(|v| v.generation), Some(1));
+
+        let same = vol.replace(fetched(&objs, &["1", "2"])).expect("replace");
+        assert!(same.is_empty());
+        assert!(Arc::ptr_eq(&before, &vol.snapshot()), "no change, no swap");
+
+        let cs = vol.replace(fetched(&objs, &["1", "22"])).expect("replace");
+        assert_eq!(cs.changed.len(), 1);
+        assert_eq!(cs.changed[0].node, b);
+        assert_eq!(
+            (cs.changed[0].old_generation, cs.changed[0].new_generation),
+            (1, 2)
+        );
+        let after = vol.snapshot();
+        assert_eq!(after.version(b).map(|v| v.value.expose()), Some(&b"22"[..]));
+        assert_eq!(after.version(a).map(|v| v.generation), Some(1));
+        // The old snapshot is untouched: an open reader keeps its version.
+        assert_eq!(before.version(b).map(|v| v.value.expose()), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn slots_ids_and_removal() {
+        let objs = objects(&[("a", None)]);
+        let cache = SecretCache::new();
+        let mk = |id: &str| {
+            cache.insert(
+                id,
+                Layout::new(id, &objs).expect("layout"),
+                Ownership::default(),
+                fetched(&objs, &["x"]),
+            )
+        };
+        let v1 = mk("one").expect("one");
+        let v2 = mk("two").expect("two");
+        assert_ne!(v1.slot, v2.slot);
+        assert!(matches!(mk("one"), Err(CacheError::AlreadyExists(_))));
+        assert!(matches!(mk("a/b"), Err(CacheError::InvalidVolumeId(_))));
+        assert!(matches!(mk(".."), Err(CacheError::InvalidVolumeId(_))));
+        assert_eq!(cache.by_id("two").map(|v| v.slot), Some(v2.slot));
+        assert!(cache.remove("one").is_some());
+        assert!(cache.by_id("one").is_none());
+        assert!(cache.by_slot(v1.slot).is_none());
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn generation_wraps_without_zero() {
+        assert_eq!(next_generation(MAX_GENERATION), 1);
+        assert_eq!(next_generation(1), 2);
+    }
+}

@@ -1,0 +1,29 @@
+//! baofs: OpenBao secrets as a live, read-only FUSE filesystem, and the CSI node driver that
+//! mounts it into pods (drop-in for Secrets Store CSI Driver + the OpenBao provider).
+//!
+//! ```text
+//! kubelet ─CSI─> csi server ─> volume spec (SPC + pod + token) ─> provider (OpenBao) ─> cache
+//! pod read ─> kernel ─> fuse adapter ─> fs logic ─> cache            (never the network)
+//! poller ─> provider ─> cache swap ─> kernel invalidation ─> Secret sync / pod status / events
+//! ```
+//!
+//! One module per stage: `volume` (spec), `provider` (OpenBao over HTTP), `cache` (values,
+//! atomic swaps), `fs` (filesystem logic, no FUSE), `fuse` (fuser adapter, mounts,
+//! invalidation), `poller` (rotation). `app` composes them; `cli` and `main` are the edge.
+//!
+//! Rules: reqwest stays in `provider::openbao`, fuser in `fuse` (fs uses its value types only);
+//! secret bytes live only in `secret::SecretBytes`; the read path never waits on the network and
+//! takes no lock the poller holds.
+
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod fs;
+pub mod fuse;
+pub mod hardening;
+pub mod poller;
+pub mod provider;
+pub mod secret;
+pub mod spc;
+pub mod telemetry;
+pub mod volume;

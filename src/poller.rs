@@ -1,0 +1,169 @@
+//! The poller stage: keeps each volume's values fresh.
+//!
+//! ```text
+//! poller ─> provider ─> cache swap ─> kernel invalidation ─> (later: Secret sync, pod status, events)
+//! ```
+//!
+//! Every interval (with ±10 % jitter, so volumes published together do not poll in lockstep)
+//! the poller refetches a volume. A file gets a new version only if its bytes changed. The new
+//! snapshot is published first, then the old names are invalidated, and only then is the poll
+//! complete: from that moment every new open sees the new version. On failure the last-known
+//! values keep being served and the poll is retried with backoff; nothing is ever unmounted by
+//! the poller. The poller holds no lock the read path needs.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::cache::{CacheError, CachedVolume, ChangeSet};
+use crate::fs::{Fs, Invalidation};
+use crate::fuse::InvalidatorHandle;
+use crate::provider::{BoxFuture, Provider, ProviderError};
+use crate::volume::VolumeSpec;
+
+/// Where the poller sends kernel invalidations (the FUSE invalidator; a recorder in tests).
+pub trait Notify: Send + Sync {
+    /// Delivers `items`; resolves when the kernel has them.
+    fn invalidate(&self, items: Vec<Invalidation>) -> BoxFuture<'_, ()>;
+}
+
+impl Notify for InvalidatorHandle {
+    fn invalidate(&self, items: Vec<Invalidation>) -> BoxFuture<'_, ()> {
+        Box::pin(InvalidatorHandle::invalidate(self, items))
+    }
+}
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// The provider failed; the last-known values are still served.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The fetched objects did not fit the volume.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// Refreshes volumes from the provider.
+pub struct Poller {
+    provider: Arc<dyn Provider>,
+    fs: Arc<Fs>,
+    notify: Arc<dyn Notify>,
+    interval: Duration,
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A duration within ±10 % of `base`, from a cheap per-call seed.
+fn jittered(base: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    // x in [0, 1000): factor in [0.9, 1.1)
+    let x = u64::from(nanos.wrapping_mul(2_654_435_761) % 1000);
+    let base_ms = base.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(base_ms * (900 + x / 5) / 1000).max(Duration::from_millis(1))
+}
+
+impl Poller {
+    /// A poller refetching every `interval`.
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        fs: Arc<Fs>,
+        notify: Arc<dyn Notify>,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            provider,
+            fs,
+            notify,
+            interval,
+        }
+    }
+
+    /// One poll of one volume: fetch, swap, invalidate. Returns what changed once new opens see
+    /// it.
+    pub async fn poll_once(
+        &self,
+        spec: &VolumeSpec,
+        volume: &CachedVolume,
+    ) -> Result<ChangeSet, PollError> {
+        let fetched = self.provider.fetch(spec).await?;
+        let changes = volume.replace(fetched)?;
+        if !changes.is_empty() {
+            let items = self.fs.invalidations(&changes);
+            self.notify.invalidate(items).await;
+        }
+        Ok(changes)
+    }
+
+    /// Polls `volume` until `stop` turns true.
+    pub async fn run(
+        &self,
+        spec: VolumeSpec,
+        volume: Arc<CachedVolume>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut failures: u32 = 0;
+        loop {
+            let wait = if failures == 0 {
+                jittered(self.interval)
+            } else {
+                // 1 s, 2 s, 4 s ... but never slower than the normal interval.
+                let backoff = Duration::from_secs(1) * 2u32.saturating_pow(failures - 1).min(64);
+                jittered(backoff.min(self.interval))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match self.poll_once(&spec, &volume).await {
+                Ok(changes) if changes.is_empty() => {
+                    debug!(volume = %spec.id, spc = %spec.spc_ref(), "poll: no change");
+                    failures = 0;
+                }
+                Ok(changes) => {
+                    let objects: Vec<String> =
+                        changes.changed.iter().map(|c| c.path.to_string()).collect();
+                    info!(volume = %spec.id, spc = %spec.spc_ref(), ?objects, "rotated");
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    warn!(
+                        volume = %spec.id,
+                        spc = %spec.spc_ref(),
+                        error = %e,
+                        failures,
+                        "poll failed; serving the last-known values"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(100));
+            assert!(
+                d >= Duration::from_secs(90) && d < Duration::from_secs(110),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The login-token cache: one OpenBao token per (address, auth mount, role, JWT), reused until
+//! shortly before its lease ends (anchors.md §11, plus the TTL tracking upstream lacks).
+//!
+//! Each key has its own async slot, so concurrent fetches for the same key log in once, and a
+//! caller that saw a token fail (403) replaces it only if nobody has already done so. Keys hold
+//! the JWT, so neither keys nor tokens ever reach `Debug` or a log.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::secret::SecretString;
+
+/// Most keys kept; beyond this, expired and idle entries are dropped.
+const MAX_ENTRIES: usize = 4096;
+/// Smallest refresh margin before a token's lease ends.
+const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(5);
+
+/// What a login token is cached under. The JWT is part of the key: a token obtained with one
+/// pod's JWT is never handed to another.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct LoginKey {
+    pub(crate) address: String,
+    pub(crate) mount: String,
+    pub(crate) role: String,
+    pub(crate) jwt: SecretString,
+}
+
+impl Hash for LoginKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.address.hash(state);
+        self.mount.hash(state);
+        self.role.hash(state);
+        self.jwt.expose().hash(state);
+    }
+}
+
+impl fmt::Debug for LoginKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LoginKey(<redacted>)")
+    }
+}
+
+/// A login token and when to stop using it.
+#[derive(Clone)]
+pub(crate) struct CachedToken {
+    pub(crate) token: SecretString,
+    /// `None`: the lease never ends (lease_duration 0).
+    refresh_at: Option<Instant>,
+}
+
+impl CachedToken {
+    /// A token with a lease of `lease` obtained at `now`. It is refreshed when less than
+    /// max(10 % of the lease, 5 s) remains.
+    pub(crate) fn new(token: SecretString, lease: Duration, now: Instant) -> Self {
+        let refresh_at = if lease.is_zero() {
+            None
+        } else {
+            let margin = (lease / 10).max(MIN_REFRESH_MARGIN);
+            Some(now + lease.saturating_sub(margin))
+        };
+        Self { token, refresh_at }
+    }
+
+    /// Whether the token may still be used at `now`.
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        self.refresh_at.is_none_or(|t| now < t)
+    }
+}
+
+impl fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("token", &self.token)
+            .field("refresh_at", &self.refresh_at)
+            .finish()
+    }
+}
+
+/// One key's slot: held across a login so concurrent callers wait for it.
+pub(crate) type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
+
+/// The cache of login tokens.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    slots: Mutex<HashMap<LoginKey, Slot>>,
+}
+
+impl TokenCache {
+    /// The slot for `key`, created if needed.
+    pub(crate) fn slot(&self, key: &LoginKey) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = slots.get(key) {
+            return Arc::clone(s);
+        }
+        if slots.len() >= MAX_ENTRIES {
+            prune(&mut slots, Instant::now());
+        }
+        let slot = Slot::default();
+        slots.insert(key.clone(), Arc::clone(&slot));
+        slot
+    }
+
+    /// Number of keys held (for tests and metrics).
+    pub(crate) fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// Drops entries that are empty or stale and not in use; if that is not enough, every entry
+/// not in use (they only cost a login).
+fn prune(slots: &mut HashMap<LoginKey, Slot>, now: Instant) {
+    slots.retain(|_, slot| match slot.try_lock() {
+        Ok(guard) => guard.as_ref().is_some_and(|t| t.is_fresh(now)),
+        Err(_) => true,
+    });
+    if slots.len() >= MAX_ENTRIES {
+        slots.retain(|_, slot| slot.try_lock().is_err());
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(jwt: &str) -> LoginKey {
+        LoginKey {
+            address: "http://127.0.0.1:8200/".into(),
+            mount: "kubernetes".into(),
+            role: "app".into(),
+            jwt: SecretString::new(jwt.into()),
+        }
+    }
+
+    #[test]
+    fn refresh_margin_is_ten_percent_or_five_seconds() {
+        let now = Instant::now();
+        let t = SecretString::new("s.tok".into());
+        let hour = CachedToken::new(t.clone(), Duration::from_secs(3600), now);
+        assert!(hour.is_fresh(now + Duration::from_secs(3239)));
+        assert!(!hour.is_fresh(now + Duration::from_secs(3240)));
+        let short = CachedToken::new(t.clone(), Duration::from_secs(20), now);
+        assert!(short.is_fresh(now + Duration::from_secs(14)));
+        assert!(!short.is_fresh(now + Duration::from_secs(15)));
+        let tiny = CachedToken::new(t.clone(), Duration::from_secs(3), now);
+        assert!(!tiny.is_fresh(now));
+        let forever = CachedToken::new(t, Duration::ZERO, now);
+        assert!(forever.is_fresh(now + Duration::from_secs(10 * 365 * 86400)));
+    }
+
+    #[tokio::test]
+    async fn slots_are_per_key_including_the_jwt() {
+        let cache = TokenCache::default();
+        let a = cache.slot(&key("jwt-a"));
+        let a2 = cache.slot(&key("jwt-a"));
+        let b = cache.slot(&key("jwt-b"));
+        assert!(Arc::ptr_eq(&a, &a2));
+        assert!(!Arc::ptr_eq(&a, &b));
+        *a.lock().await = Some(CachedToken::new(
+            SecretString::new("s.a".into()),
+            Duration::from_secs(60),
+            Instant::now(),
+        ));
+        assert!(b.lock().await.is_none());
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn prune_drops_stale_and_idle_entries() {
+        let mut slots = HashMap::new();
+        let now = Instant::now();
+        for i in 0..3 {
+            let slot = Slot::default();
+            if i == 0 {
+                *slot.try_lock().expect("free") = Some(CachedToken::new(
+                    SecretString::new("s.x".into()),
+                    Duration::from_secs(600),
+                    now,
+                ));
+            }
+            slots.insert(key(&format!("jwt-{i}")), slot);
+        }
+        prune(&mut slots, now);
+        assert_eq!(slots.len(), 1);
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let k = key("eyJhbGciOiJSUzI1NiJ9.secret-jwt");
+        assert!(!format!("{k:?}").contains("secret-jwt"));
+        let t = CachedToken::new(
+            SecretString::new("s.secret-token".into()),
+            Duration::from_secs(1),
+            Instant::now(),
+        );
+        assert!(!format!("{t:?}").contains("secret-token"));
+    }
+}

@@ -1,0 +1,1044 @@
+//! The SecretProviderClass stage: parses and validates a `SecretProviderClass` (SPC) the way the
+//! Secrets Store CSI Driver and the OpenBao CSI provider read it (anchors.md §1, §10).
+//!
+//! Everything here is pure: no I/O, no environment. Parameters that baofs does not implement
+//! yet are rejected with an error naming them rather than silently ignored, so a manifest never
+//! behaves differently from what it says. Must not import `reqwest`, `kube`, `tonic` or `fuser`.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// `apiVersion`s accepted (v1 is the storage version, v1alpha1 is deprecated but served).
+pub const API_VERSIONS: [&str; 2] = [
+    "secrets-store.csi.x-k8s.io/v1",
+    "secrets-store.csi.x-k8s.io/v1alpha1",
+];
+/// The only `kind` accepted.
+pub const KIND: &str = "SecretProviderClass";
+/// `spec.provider` values accepted: OpenBao CSI provider ≥ 2.0.0 and the Vault CSI provider.
+pub const PROVIDERS: [&str; 2] = ["openbao", "vault"];
+/// Parameter prefixes, in the order the OpenBao provider tries them (first present wins).
+pub const PARAMETER_PREFIXES: [&str; 3] = ["bao", "openbao", "vault"];
+/// Auth mount used when the SPC names none.
+pub const DEFAULT_AUTH_MOUNT: &str = "kubernetes";
+/// Longest object path component, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest object path, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Highest `filePermission` accepted: no setuid, setgid or sticky bit on secret files.
+pub const MAX_FILE_MODE: u32 = 0o777;
+
+/// Fields an entry of the `objects` parameter may have.
+const OBJECT_FIELDS: [&str; 7] = [
+    "objectName",
+    "secretPath",
+    "secretKey",
+    "filePermission",
+    "encoding",
+    "method",
+    "secretArgs",
+];
+
+/// Parameters (after a prefix) that configure features baofs does not support yet.
+const UNSUPPORTED_SUFFIXES: [(&str, &str); 6] = [
+    ("Namespace", "OpenBao namespaces"),
+    ("CACertPath", "custom TLS CA certificates"),
+    ("CADirectory", "custom TLS CA directories"),
+    ("TLSServerName", "TLS server name overrides"),
+    ("TLSClientCertPath", "TLS client certificates"),
+    ("TLSClientKeyPath", "TLS client keys"),
+];
+
+/// A parsed and validated SecretProviderClass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretProviderClass {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: Option<String>,
+    /// `spec.provider`: `openbao` or `vault`.
+    pub provider: String,
+    /// The OpenBao parameters of `spec.parameters`.
+    pub params: OpenBaoParams,
+    /// The objects of `spec.parameters.objects`, validated, in declaration order.
+    pub objects: Vec<ObjectSpec>,
+    /// `spec.secretObjects`, validated against `objects` (for the Secret sync feature).
+    pub secret_objects: Vec<SecretObjectSpec>,
+}
+
+/// The OpenBao connection and login parameters of an SPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenBaoParams {
+    /// `<P>Address`; `None` means "use the driver's default (`BAO_ADDR`/`VAULT_ADDR`)".
+    pub address: Option<String>,
+    /// `<P>RoleName` or `roleName`: the auth role to log in with.
+    pub role_name: String,
+    /// `<P>KubernetesMountPath` or `<P>AuthMountPath` without surrounding slashes;
+    /// `kubernetes` by default.
+    pub auth_mount: String,
+    /// `audience`: which service-account token to log in with.
+    pub audience: Option<String>,
+}
+
+/// One object of the `objects` parameter: a file in the volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSpec {
+    /// `objectName`: the file's path in the volume, and the object id.
+    pub path: ObjectPath,
+    /// `secretPath` as written, possibly with `/`, `v1/` and a query string such as `?version=2`.
+    pub secret_path: String,
+    /// `secretKey`: the top-level key to extract; `None` writes the whole secret as JSON.
+    pub secret_key: Option<String>,
+    /// `filePermission` (at most 0o777); `None` means the volume default.
+    pub mode: Option<u32>,
+    /// `encoding` of the extracted value.
+    pub encoding: Encoding,
+}
+
+impl ObjectSpec {
+    /// The OpenBao API path of `secret_path`, without a leading `/`, the `v1/` prefix or the
+    /// query string: `/v1/secret/data/app?version=2` gives `secret/data/app`. Safe to log.
+    pub fn api_path(&self) -> &str {
+        api_path_of(&self.secret_path)
+    }
+
+    /// The query string of `secret_path` without the `?`, if any (e.g. `version=2`).
+    pub fn query(&self) -> Option<&str> {
+        self.secret_path
+            .split_once('?')
+            .map(|(_, q)| q)
+            .filter(|q| !q.is_empty())
+    }
+}
+
+fn api_path_of(secret_path: &str) -> &str {
+    let path = secret_path.split_once('?').map_or(secret_path, |(p, _)| p);
+    let path = path.trim_start_matches('/');
+    path.strip_prefix("v1/").unwrap_or(path)
+}
+
+/// How an extracted value is decoded before it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// Written as is (`utf-8`, the default).
+    #[default]
+    Utf8,
+    /// Standard base64, decoded.
+    Base64,
+    /// Hexadecimal, decoded.
+    Hex,
+}
+
+impl Encoding {
+    /// The name used in SPCs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Utf8 => "utf-8",
+            Encoding::Base64 => "base64",
+            Encoding::Hex => "hex",
+        }
+    }
+
+    /// Parses an `encoding` value: `utf-8` (or empty), `base64`, `hex`, in any case.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.is_empty() || s.eq_ignore_ascii_case("utf-8") {
+            Some(Encoding::Utf8)
+        } else if s.eq_ignore_ascii_case("base64") {
+            Some(Encoding::Base64)
+        } else if s.eq_ignore_ascii_case("hex") {
+            Some(Encoding::Hex)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated relative path of an object in the volume: non-empty, not absolute, no empty,
+/// `.` or `..` components, components of at most 255 bytes without NUL, at most 4096 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectPath(String);
+
+/// Why a string is not a valid [`ObjectPath`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidObjectPath {
+    /// The path is empty.
+    #[error("is empty")]
+    Empty,
+    /// The path starts with `/`.
+    #[error("is absolute (starts with '/')")]
+    Absolute,
+    /// The path has an empty component (`a//b`, or a trailing `/`).
+    #[error("has an empty component ('//' or a trailing '/')")]
+    EmptyComponent,
+    /// The path has a `.` or `..` component.
+    #[error("has a '.' or '..' component")]
+    DotComponent,
+    /// The path contains a NUL byte.
+    #[error("contains a NUL byte")]
+    Nul,
+    /// A component is longer than 255 bytes.
+    #[error("has a component longer than {MAX_NAME_LEN} bytes")]
+    ComponentTooLong,
+    /// The path is longer than 4096 bytes.
+    #[error("is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+}
+
+impl ObjectPath {
+    /// Validates `s` as an object path.
+    pub fn parse(s: &str) -> Result<Self, InvalidObjectPath> {
+        if s.is_empty() {
+            return Err(InvalidObjectPath::Empty);
+        }
+        if s.starts_with('/') {
+            return Err(InvalidObjectPath::Absolute);
+        }
+        if s.contains('\0') {
+            return Err(InvalidObjectPath::Nul);
+        }
+        if s.len() > MAX_PATH_LEN {
+            return Err(InvalidObjectPath::TooLong);
+        }
+        for c in s.split('/') {
+            match c {
+                "" => return Err(InvalidObjectPath::EmptyComponent),
+                "." | ".." => return Err(InvalidObjectPath::DotComponent),
+                c if c.len() > MAX_NAME_LEN => return Err(InvalidObjectPath::ComponentTooLong),
+                _ => {}
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The path, e.g. `db/password`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components, e.g. `db`, `password`.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The last component (the file name).
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// The proper ancestors (directories), shortest first: `a/b/c` gives `a`, `a/b`.
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        self.0.match_indices('/').map(move |(i, _)| &self.0[..i])
+    }
+}
+
+impl fmt::Display for ObjectPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ObjectPath {
+    type Err = InvalidObjectPath;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl AsRef<str> for ObjectPath {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for ObjectPath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One entry of `spec.secretObjects`: a Kubernetes Secret to sync from the volume's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretObjectSpec {
+    /// `secretName`.
+    pub secret_name: String,
+    /// `type`, `Opaque` by default.
+    pub secret_type: String,
+    /// `labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// `data`.
+    pub data: Vec<SecretObjectData>,
+}
+
+/// One entry of `spec.secretObjects[].data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretObjectData {
+    /// `objectName`: a declared object.
+    pub object_name: ObjectPath,
+    /// `key` in the Secret's data.
+    pub key: String,
+}
+
+/// Why an SPC was rejected. Every message names the SPC (when known) and the field at fault;
+/// no message contains a secret (an SPC holds none).
+#[derive(Debug, thiserror::Error)]
+pub enum SpcError {
+    /// The text is not YAML, or not shaped like a SecretProviderClass.
+    #[error("invalid SecretProviderClass YAML: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+    /// `metadata.name` is missing or empty.
+    #[error("SecretProviderClass has no metadata.name")]
+    MissingName,
+    /// Wrong or missing `apiVersion`.
+    #[error(
+        "SecretProviderClass '{spc}': apiVersion '{found}' is not supported (expected secrets-store.csi.x-k8s.io/v1 or v1alpha1)"
+    )]
+    ApiVersion {
+        /// The SPC.
+        spc: String,
+        /// The apiVersion found.
+        found: String,
+    },
+    /// Wrong or missing `kind`.
+    #[error("SecretProviderClass '{spc}': kind '{found}' is not SecretProviderClass")]
+    Kind {
+        /// The SPC.
+        spc: String,
+        /// The kind found.
+        found: String,
+    },
+    /// `spec.provider` is missing or not `openbao`/`vault`.
+    #[error(
+        "SecretProviderClass '{spc}': spec.provider '{found}' is not supported (expected 'openbao' or 'vault')"
+    )]
+    Provider {
+        /// The SPC.
+        spc: String,
+        /// The provider found.
+        found: String,
+    },
+    /// `spec.parameters` is missing or empty.
+    #[error("SecretProviderClass '{spc}': spec.parameters not set")]
+    NoParameters {
+        /// The SPC.
+        spc: String,
+    },
+    /// A parameter value is not a string.
+    #[error("SecretProviderClass '{spc}': parameter '{parameter}' must be a string (quote it)")]
+    ParameterNotString {
+        /// The SPC.
+        spc: String,
+        /// The parameter.
+        parameter: String,
+    },
+    /// No role name.
+    #[error("missing 'roleName' in SecretProviderClass '{spc}'")]
+    MissingRoleName {
+        /// The SPC.
+        spc: String,
+    },
+    /// Both auth mount parameters are set.
+    #[error("SecretProviderClass '{spc}': cannot set both '{first}' and '{second}'")]
+    ConflictingParameters {
+        /// The SPC.
+        spc: String,
+        /// One parameter.
+        first: String,
+        /// The other parameter.
+        second: String,
+    },
+    /// A parameter has an invalid value.
+    #[error("SecretProviderClass '{spc}': parameter '{parameter}' {reason}")]
+    InvalidParameter {
+        /// The SPC.
+        spc: String,
+        /// The parameter.
+        parameter: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A parameter configures a feature baofs does not support yet.
+    #[error(
+        "SecretProviderClass '{spc}': parameter '{parameter}' is not supported yet ({feature})"
+    )]
+    Unsupported {
+        /// The SPC.
+        spc: String,
+        /// The parameter.
+        parameter: String,
+        /// The feature it configures.
+        feature: &'static str,
+    },
+    /// The `objects` parameter is not a YAML list of mappings.
+    #[error("SecretProviderClass '{spc}': parameter 'objects' is invalid: {reason}")]
+    ObjectsYaml {
+        /// The SPC.
+        spc: String,
+        /// What is wrong (with the YAML location inside `objects`).
+        reason: String,
+    },
+    /// No objects.
+    #[error("SecretProviderClass '{spc}': no objects (parameter 'objects' is missing or empty)")]
+    NoObjects {
+        /// The SPC.
+        spc: String,
+    },
+    /// An object has a field baofs does not know.
+    #[error("SecretProviderClass '{spc}': object '{object}' has unknown field '{field}'")]
+    UnknownObjectField {
+        /// The SPC.
+        spc: String,
+        /// The object (its name, or `objects[i]`).
+        object: String,
+        /// The field.
+        field: String,
+    },
+    /// An object field has an invalid value.
+    #[error("SecretProviderClass '{spc}': object '{object}': field '{field}' {reason}")]
+    InvalidObjectField {
+        /// The SPC.
+        spc: String,
+        /// The object (its name, or `objects[i]`).
+        object: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An object uses a field baofs does not support yet.
+    #[error("SecretProviderClass '{spc}': object '{object}': {what} is not supported yet")]
+    UnsupportedObjectField {
+        /// The SPC.
+        spc: String,
+        /// The object.
+        object: String,
+        /// What is not supported.
+        what: String,
+    },
+    /// `encoding` is not utf-8, base64 or hex.
+    #[error(
+        "SecretProviderClass '{spc}': unknown encoding '{encoding}' for object '{object}' (expected utf-8, base64 or hex)"
+    )]
+    UnknownEncoding {
+        /// The SPC.
+        spc: String,
+        /// The object.
+        object: String,
+        /// The encoding found.
+        encoding: String,
+    },
+    /// Two objects have the same name.
+    #[error("SecretProviderClass '{spc}': objectName '{object}' is declared more than once")]
+    DuplicateObject {
+        /// The SPC.
+        spc: String,
+        /// The duplicated name.
+        object: String,
+    },
+    /// An object is also a directory of another object.
+    #[error(
+        "SecretProviderClass '{spc}': object '{file}' is a file, but object '{nested}' needs it to be a directory"
+    )]
+    FileDirectoryConflict {
+        /// The SPC.
+        spc: String,
+        /// The object used as a directory.
+        file: String,
+        /// The object below it.
+        nested: String,
+    },
+    /// A `secretObjects` entry is invalid.
+    #[error("SecretProviderClass '{spc}': secretObjects entry '{secret}': {reason}")]
+    InvalidSecretObject {
+        /// The SPC.
+        spc: String,
+        /// The entry (its `secretName`, or `secretObjects[i]`).
+        secret: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+// ----- raw YAML shape -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSpc {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<RawMetadata>,
+    spec: Option<RawSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawMetadata {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSpec {
+    provider: Option<String>,
+    parameters: Option<BTreeMap<String, Value>>,
+    secret_objects: Option<Vec<RawSecretObject>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSecretObject {
+    secret_name: Option<String>,
+    #[serde(rename = "type")]
+    secret_type: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+    data: Option<Vec<RawSecretObjectData>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSecretObjectData {
+    object_name: Option<String>,
+    key: Option<String>,
+}
+
+impl SecretProviderClass {
+    /// Parses and validates an SPC manifest (YAML, or JSON, which is YAML).
+    pub fn from_yaml(text: &str) -> Result<Self, SpcError> {
+        let raw: RawSpc = serde_yaml::from_str(text).map_err(SpcError::Yaml)?;
+        let metadata = raw.metadata.unwrap_or_default();
+        let name = metadata
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or(SpcError::MissingName)?;
+        let namespace = metadata.namespace.filter(|n| !n.is_empty());
+        let spc = match &namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.clone(),
+        };
+
+        let api_version = raw.api_version.unwrap_or_default();
+        if !API_VERSIONS.contains(&api_version.as_str()) {
+            return Err(SpcError::ApiVersion {
+                spc,
+                found: api_version,
+            });
+        }
+        let kind = raw.kind.unwrap_or_default();
+        if kind != KIND {
+            return Err(SpcError::Kind { spc, found: kind });
+        }
+        let spec = raw
+            .spec
+            .ok_or_else(|| SpcError::NoParameters { spc: spc.clone() })?;
+        let provider = spec.provider.unwrap_or_default();
+        if !PROVIDERS.contains(&provider.as_str()) {
+            return Err(SpcError::Provider {
+                spc,
+                found: provider,
+            });
+        }
+
+        let params = string_parameters(&spc, spec.parameters.unwrap_or_default())?;
+        if params.is_empty() {
+            return Err(SpcError::NoParameters { spc });
+        }
+        let openbao = parse_openbao_params(&spc, &params)?;
+        let objects = parse_objects(&spc, params.get("objects").map(String::as_str))?;
+        let secret_objects = parse_secret_objects(&spc, spec.secret_objects, &objects)?;
+
+        Ok(Self {
+            name,
+            namespace,
+            provider,
+            params: openbao,
+            objects,
+            secret_objects,
+        })
+    }
+
+    /// `namespace/name` (or `name`), for messages.
+    pub fn reference(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// `spec.parameters` values must be strings (the CRD says so, and the apiserver enforces it).
+fn string_parameters(
+    spc: &str,
+    raw: BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, String>, SpcError> {
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            _ => Err(SpcError::ParameterNotString {
+                spc: spc.to_owned(),
+                parameter: k,
+            }),
+        })
+        .collect()
+}
+
+/// `<P><suffix>` for the first prefix present, with the key found.
+fn prefixed<'a>(params: &'a BTreeMap<String, String>, suffix: &str) -> Option<(String, &'a str)> {
+    PARAMETER_PREFIXES.iter().find_map(|p| {
+        let key = format!("{p}{suffix}");
+        params.get(&key).map(|v| (key, v.as_str()))
+    })
+}
+
+fn parse_openbao_params(
+    spc: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<OpenBaoParams, SpcError> {
+    // Features not implemented yet: refuse rather than ignore. An empty value configures
+    // nothing upstream either, so it is accepted. Every prefix is checked, not only the first
+    // present one, so that nothing non-empty is ever ignored.
+    for (suffix, feature) in UNSUPPORTED_SUFFIXES {
+        for p in PARAMETER_PREFIXES {
+            let key = format!("{p}{suffix}");
+            if params.get(&key).is_some_and(|v| !v.is_empty()) {
+                return Err(SpcError::Unsupported {
+                    spc: spc.to_owned(),
+                    parameter: key,
+                    feature,
+                });
+            }
+        }
+    }
+    for p in PARAMETER_PREFIXES {
+        let key = format!("{p}SkipTLSVerify");
+        if let Some(v) = params.get(&key) {
+            match parse_go_bool(v) {
+                Some(false) => {}
+                Some(true) => {
+                    return Err(SpcError::Unsupported {
+                        spc: spc.to_owned(),
+                        parameter: key,
+                        feature: "skipping TLS verification",
+                    });
+                }
+                None => {
+                    return Err(SpcError::InvalidParameter {
+                        spc: spc.to_owned(),
+                        parameter: key,
+                        reason: format!("must be 'true' or 'false', not '{v}'"),
+                    });
+                }
+            }
+        }
+    }
+
+    let address = prefixed(params, "Address")
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+
+    // A prefixed role name wins over `roleName`, as upstream.
+    let role_name = match prefixed(params, "RoleName") {
+        Some((_, v)) => v,
+        None => params.get("roleName").map_or("", String::as_str),
+    };
+    if role_name.is_empty() {
+        return Err(SpcError::MissingRoleName {
+            spc: spc.to_owned(),
+        });
+    }
+
+    let auth_mount = match (
+        prefixed(params, "KubernetesMountPath"),
+        prefixed(params, "AuthMountPath"),
+    ) {
+        (Some((first, _)), Some((second, _))) => {
+            return Err(SpcError::ConflictingParameters {
+                spc: spc.to_owned(),
+                first,
+                second,
+            });
+        }
+        (Some((key, v)), None) | (None, Some((key, v))) => {
+            // Empty means "the default", as upstream.
+            let mount = v.trim().trim_matches('/');
+            if mount.is_empty() {
+                DEFAULT_AUTH_MOUNT.to_owned()
+            } else if mount
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('?'))
+            {
+                return Err(SpcError::InvalidParameter {
+                    spc: spc.to_owned(),
+                    parameter: key,
+                    reason: format!("'{v}' is not a valid auth mount path"),
+                });
+            } else {
+                mount.to_owned()
+            }
+        }
+        (None, None) => DEFAULT_AUTH_MOUNT.to_owned(),
+    };
+
+    let audience = params.get("audience").filter(|a| !a.is_empty()).cloned();
+
+    Ok(OpenBaoParams {
+        address,
+        role_name: role_name.to_owned(),
+        auth_mount,
+        audience,
+    })
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_objects(spc: &str, text: Option<&str>) -> Result<Vec<ObjectSpec>, SpcError> {
+    let no_objects = || SpcError::NoObjects {
+        spc: spc.to_owned(),
+    };
+    let text = text.ok_or_else(no_objects)?;
+    let value: Value = serde_yaml::from_str(text).map_err(|e| SpcError::ObjectsYaml {
+        spc: spc.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let items = match value {
+        Value::Null => return Err(no_objects()),
+        Value::Sequence(items) => items,
+        _ => {
+            return Err(SpcError::ObjectsYaml {
+                spc: spc.to_owned(),
+                reason: "must be a YAML list of objects".to_owned(),
+            });
+        }
+    };
+    if items.is_empty() {
+        return Err(no_objects());
+    }
+
+    let mut objects = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        objects.push(parse_object(spc, index, item)?);
+    }
+
+    let mut names = BTreeSet::new();
+    for o in &objects {
+        if !names.insert(o.path.as_str()) {
+            return Err(SpcError::DuplicateObject {
+                spc: spc.to_owned(),
+                object: o.path.to_string(),
+            });
+        }
+    }
+    for o in &objects {
+        if let Some(file) = o.path.ancestors().find(|a| names.contains(a)) {
+            return Err(SpcError::FileDirectoryConflict {
+                spc: spc.to_owned(),
+                file: file.to_owned(),
+                nested: o.path.to_string(),
+            });
+        }
+    }
+    Ok(objects)
+}
+
+fn parse_object(spc: &str, index: usize, item: Value) -> Result<ObjectSpec, SpcError> {
+    let Value::Mapping(map) = item else {
+        return Err(SpcError::ObjectsYaml {
+            spc: spc.to_owned(),
+            reason: format!("objects[{index}] is not a mapping"),
+        });
+    };
+    let mut fields: BTreeMap<&'static str, Value> = BTreeMap::new();
+    let mut unknown = None;
+    for (k, v) in map {
+        let key = match &k {
+            Value::String(s) => s.clone(),
+            other => scalar_text(other).unwrap_or_else(|| "<non-scalar key>".to_owned()),
+        };
+        match OBJECT_FIELDS.iter().find(|f| **f == key) {
+            Some(f) => {
+                fields.insert(f, v);
+            }
+            None => {
+                unknown.get_or_insert(key);
+            }
+        }
+    }
+
+    let index_label = format!("objects[{index}]");
+    let name_value = fields.remove("objectName").unwrap_or(Value::Null);
+    let raw_name = string_field(spc, &index_label, "objectName", name_value)?;
+    let label = raw_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| index_label.clone());
+    if let Some(field) = unknown {
+        return Err(SpcError::UnknownObjectField {
+            spc: spc.to_owned(),
+            object: label,
+            field,
+        });
+    }
+    let invalid = |field: &'static str, reason: String| SpcError::InvalidObjectField {
+        spc: spc.to_owned(),
+        object: label.clone(),
+        field,
+        reason,
+    };
+
+    let raw_name = raw_name.unwrap_or_default();
+    let path = ObjectPath::parse(&raw_name).map_err(|e| {
+        if e == InvalidObjectPath::Empty {
+            invalid("objectName", "is missing or empty".to_owned())
+        } else {
+            invalid("objectName", format!("'{raw_name}' {e}"))
+        }
+    })?;
+
+    let take = |fields: &mut BTreeMap<&'static str, Value>, f: &'static str| {
+        fields.remove(f).unwrap_or(Value::Null)
+    };
+    let secret_path = string_field(spc, &label, "secretPath", take(&mut fields, "secretPath"))?
+        .unwrap_or_default();
+    validate_secret_path(&secret_path).map_err(|r| invalid("secretPath", r))?;
+
+    let secret_key = string_field(spc, &label, "secretKey", take(&mut fields, "secretKey"))?
+        .filter(|k| !k.is_empty());
+
+    let mode = parse_file_permission(&take(&mut fields, "filePermission"))
+        .map_err(|r| invalid("filePermission", r))?;
+
+    let encoding_text =
+        string_field(spc, &label, "encoding", take(&mut fields, "encoding"))?.unwrap_or_default();
+    let encoding = Encoding::parse(&encoding_text).ok_or_else(|| SpcError::UnknownEncoding {
+        spc: spc.to_owned(),
+        object: label.clone(),
+        encoding: encoding_text.clone(),
+    })?;
+
+    let method =
+        string_field(spc, &label, "method", take(&mut fields, "method"))?.unwrap_or_default();
+    if !(method.is_empty() || method.eq_ignore_ascii_case("GET")) {
+        return Err(SpcError::UnsupportedObjectField {
+            spc: spc.to_owned(),
+            object: label,
+            what: format!("method '{method}' (only GET)"),
+        });
+    }
+    let secret_args = take(&mut fields, "secretArgs");
+    let empty_args = match &secret_args {
+        Value::Null => true,
+        Value::Mapping(m) => m.is_empty(),
+        _ => false,
+    };
+    if !empty_args {
+        return Err(SpcError::UnsupportedObjectField {
+            spc: spc.to_owned(),
+            object: label,
+            what: "field 'secretArgs'".to_owned(),
+        });
+    }
+
+    Ok(ObjectSpec {
+        path,
+        secret_path,
+        secret_key,
+        mode,
+        encoding,
+    })
+}
+
+/// The text of a YAML scalar, as Go's yaml.v3 would store it in a string field.
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A string-typed object field: scalars are taken as text (like yaml.v3), null means absent.
+fn string_field(
+    spc: &str,
+    object: &str,
+    field: &'static str,
+    v: Value,
+) -> Result<Option<String>, SpcError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        other => scalar_text(&other)
+            .map(Some)
+            .ok_or_else(|| SpcError::InvalidObjectField {
+                spc: spc.to_owned(),
+                object: object.to_owned(),
+                field,
+                reason: "must be a string".to_owned(),
+            }),
+    }
+}
+
+fn validate_secret_path(secret_path: &str) -> Result<(), String> {
+    if secret_path.trim().is_empty() {
+        return Err("is missing or empty".to_owned());
+    }
+    if secret_path.chars().any(char::is_control) {
+        return Err("contains a control character".to_owned());
+    }
+    let path = api_path_of(secret_path);
+    if path.is_empty() {
+        return Err(format!("'{}' has no path", strip_query(secret_path)));
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "'{}' has an empty, '.' or '..' segment",
+            strip_query(secret_path)
+        ));
+    }
+    Ok(())
+}
+
+fn strip_query(p: &str) -> &str {
+    p.split_once('?').map_or(p, |(p, _)| p)
+}
+
+/// `filePermission` as Go's yaml.v3 reads it into an `os.FileMode`. serde_yaml hands an
+/// unquoted `0600` over as the string "0600" (YAML 1.2 has no leading-zero octal), `0o600` as
+/// 384 and `420` as 420, so strings are parsed like Go's `strconv.ParseInt(s, 0, 64)`.
+/// 0 means "not set" (upstream's `omitempty`).
+fn parse_file_permission(v: &Value) -> Result<Option<u32>, String> {
+    let mode: u64 = match v {
+        Value::Null => return Ok(None),
+        Value::Number(n) => match n.as_u64() {
+            Some(m) => m,
+            None => return Err(format!("{n} is not a non-negative integer")),
+        },
+        Value::String(s) => parse_go_uint(s)
+            .ok_or_else(|| format!("'{s}' is not an integer such as 0600 or 0o644"))?,
+        _ => return Err("must be an integer such as 0600".to_owned()),
+    };
+    if mode > 0o7777 {
+        return Err(format!("{mode:#o} is not a file mode (at most 0o777)"));
+    }
+    if mode > u64::from(MAX_FILE_MODE) {
+        return Err(format!(
+            "{mode:#o} sets setuid, setgid or sticky bits, which secret files may not have (at most 0o777)"
+        ));
+    }
+    // Lossless: mode <= 0o777.
+    let mode = u32::try_from(mode).map_err(|_| "out of range".to_owned())?;
+    Ok((mode != 0).then_some(mode))
+}
+
+/// Go's `strconv.ParseUint(s, 0, 64)`: `0x`/`0o`/`0b` prefixes, a leading `0` means octal,
+/// underscores between digits allowed.
+fn parse_go_uint(s: &str) -> Option<u64> {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let lower = s.to_ascii_lowercase();
+    let (digits, radix) = if let Some(d) = lower.strip_prefix("0x") {
+        (d, 16)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (d, 8)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (d, 2)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (&lower[1..], 8)
+    } else {
+        (lower.as_str(), 10)
+    };
+    let digits: String = digits.chars().filter(|c| *c != '_').collect();
+    if digits.is_empty() || digits.starts_with('+') || digits.starts_with('-') {
+        return None;
+    }
+    u64::from_str_radix(&digits, radix).ok()
+}
+
+fn parse_secret_objects(
+    spc: &str,
+    raw: Option<Vec<RawSecretObject>>,
+    objects: &[ObjectSpec],
+) -> Result<Vec<SecretObjectSpec>, SpcError> {
+    let declared: BTreeSet<&str> = objects.iter().map(|o| o.path.as_str()).collect();
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, s) in raw.unwrap_or_default().into_iter().enumerate() {
+        let secret_name = s.secret_name.unwrap_or_default();
+        let label = if secret_name.is_empty() {
+            format!("secretObjects[{i}]")
+        } else {
+            secret_name.clone()
+        };
+        let invalid = |reason: String| SpcError::InvalidSecretObject {
+            spc: spc.to_owned(),
+            secret: label.clone(),
+            reason,
+        };
+        if secret_name.is_empty() {
+            return Err(invalid("secretName is missing or empty".to_owned()));
+        }
+        if !seen.insert(secret_name.clone()) {
+            return Err(invalid("secretName is declared more than once".to_owned()));
+        }
+        let raw_data = s.data.unwrap_or_default();
+        if raw_data.is_empty() {
+            return Err(invalid("data is missing or empty".to_owned()));
+        }
+        let mut data = Vec::with_capacity(raw_data.len());
+        let mut keys = BTreeSet::new();
+        for (j, d) in raw_data.into_iter().enumerate() {
+            let object_name = d.object_name.unwrap_or_default();
+            let key = d.key.unwrap_or_default();
+            if key.is_empty() {
+                return Err(invalid(format!("data[{j}].key is missing or empty")));
+            }
+            if !keys.insert(key.clone()) {
+                return Err(invalid(format!(
+                    "data key '{key}' is declared more than once"
+                )));
+            }
+            if !declared.contains(object_name.as_str()) {
+                return Err(invalid(format!(
+                    "data[{j}].objectName '{object_name}' is not a declared object"
+                )));
+            }
+            let object_name = ObjectPath::parse(&object_name)
+                .map_err(|e| invalid(format!("data[{j}].objectName '{object_name}' {e}")))?;
+            data.push(SecretObjectData { object_name, key });
+        }
+        out.push(SecretObjectSpec {
+            secret_name,
+            secret_type: s
+                .secret_type
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "Opaque".to_owned()),
+            labels: s.labels.unwrap_or_default(),
+            annotations: s.annotations.unwrap_or_default(),
+            data,
+        });
+    }
+    Ok(out)
+}
