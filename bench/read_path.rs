@@ -170,9 +170,12 @@ spec:
     );
     for threads in [1, 2] {
         let t = throughput(&tmpfs_file, threads, secs);
+        let before = hub.request_counts().snapshot();
         let b = throughput(&baofs_file, threads, secs);
+        let after = hub.request_counts().snapshot();
+        let requests: u64 = after.iter().zip(before).map(|(a, b)| a - b).sum();
         println!(
-            "{:<34} {:>14.0} {:>14.0} {:>7.2}x",
+            "{:<34} {:>14.0} {:>14.0} {:>7.2}x   ({requests} FUSE requests reached userspace)",
             format!("open+read+close, {threads} thread(s)"),
             t,
             b,

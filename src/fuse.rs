@@ -15,6 +15,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
@@ -77,10 +78,47 @@ fn errno(e: FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Requests that reached userspace, by kind: the hot path should add none.
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    /// LOOKUP
+    pub lookup: AtomicU64,
+    /// GETATTR
+    pub getattr: AtomicU64,
+    /// READ
+    pub read: AtomicU64,
+    /// READDIR
+    pub readdir: AtomicU64,
+    /// FORGET and BATCH_FORGET entries
+    pub forget: AtomicU64,
+    /// Everything else (OPEN, FLUSH, xattrs, writes, ...)
+    pub other: AtomicU64,
+}
+
+impl RequestCounts {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (lookup, getattr, read, readdir, forget, other) at this instant.
+    pub fn snapshot(&self) -> [u64; 6] {
+        [
+            &self.lookup,
+            &self.getattr,
+            &self.read,
+            &self.readdir,
+            &self.forget,
+            &self.other,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
 /// `fuser::Filesystem` over `Fs`.
 struct Adapter {
     fs: Arc<Fs>,
     ttl: Duration,
+    counts: Arc<RequestCounts>,
 }
 
 impl Filesystem for Adapter {
@@ -89,6 +127,7 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        RequestCounts::bump(&self.counts.lookup);
         match self.fs.lookup(parent.0, name) {
             Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
             Err(e) => reply.error(errno(e)),
@@ -96,10 +135,12 @@ impl Filesystem for Adapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        RequestCounts::bump(&self.counts.forget);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        RequestCounts::bump(&self.counts.getattr);
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(errno(e)),
@@ -107,11 +148,13 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        RequestCounts::bump(&self.counts.other);
         // ENOSYS: the kernel stops sending OPEN/RELEASE and keeps the page cache.
         reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        RequestCounts::bump(&self.counts.other);
         reply.error(Errno::ENOSYS);
     }
 
@@ -123,6 +166,7 @@ impl Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        RequestCounts::bump(&self.counts.other);
         reply.error(Errno::ENOSYS);
     }
 
@@ -137,6 +181,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        RequestCounts::bump(&self.counts.read);
         match self.fs.read(ino.0, offset, size) {
             Ok(data) => reply.data(data.bytes()),
             Err(e) => reply.error(errno(e)),
@@ -151,6 +196,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        RequestCounts::bump(&self.counts.readdir);
         match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 for e in entries {
@@ -327,6 +373,7 @@ pub struct Hub {
     dir: PathBuf,
     session: Option<BackgroundSession>,
     invalidator: InvalidatorHandle,
+    counts: Arc<RequestCounts>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -344,12 +391,14 @@ impl Hub {
             path: dir.to_owned(),
             source,
         })?;
+        let counts = Arc::new(RequestCounts::default());
         let started = (|| {
             let mut config = Config::default();
             config.n_threads = Some(threads.max(2));
             let adapter = Adapter {
                 fs,
                 ttl: DEFAULT_TTL,
+                counts: Arc::clone(&counts),
             };
             let session = Session::from_fd(adapter, fd, SessionACL::All, config)?;
             let notifier = session.notifier();
@@ -364,6 +413,7 @@ impl Hub {
                     dir: dir.to_owned(),
                     session: Some(session),
                     invalidator,
+                    counts,
                 })
             }
             Err(source) => {
@@ -379,6 +429,11 @@ impl Hub {
     /// The hub directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Requests that reached userspace so far.
+    pub fn request_counts(&self) -> &RequestCounts {
+        &self.counts
     }
 
     /// A handle to queue kernel invalidations.

@@ -1042,3 +1042,456 @@ fn parse_secret_objects(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HARBOR: &str = include_str!("../examples/harbor-spc.yaml");
+
+    /// An SPC with the given parameters block (indented by 4) and objects (indented by 6).
+    fn spc_with(params: &str, objects: &str) -> String {
+        format!(
+            "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\n\
+             metadata:\n  name: app\n  namespace: ns\nspec:\n  provider: openbao\n  parameters:\n\
+             {params}    objects: |\n{objects}"
+        )
+    }
+
+    fn with_objects(objects: &str) -> Result<SecretProviderClass, SpcError> {
+        SecretProviderClass::from_yaml(&spc_with("    roleName: app\n", objects))
+    }
+
+    fn with_params(params: &str) -> Result<SecretProviderClass, SpcError> {
+        SecretProviderClass::from_yaml(&spc_with(
+            params,
+            "      - objectName: a\n        secretPath: secret/data/a\n",
+        ))
+    }
+
+    fn err(r: Result<SecretProviderClass, SpcError>) -> String {
+        r.expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn harbor_example_parses() {
+        let spc = SecretProviderClass::from_yaml(HARBOR).expect("harbor SPC");
+        assert_eq!(spc.name, "harbor-secrets");
+        assert_eq!(spc.namespace.as_deref(), Some("harbor"));
+        assert_eq!(spc.reference(), "harbor/harbor-secrets");
+        assert_eq!(spc.provider, "openbao");
+        assert_eq!(
+            spc.params,
+            OpenBaoParams {
+                address: Some("http://127.0.0.1:8200".into()),
+                role_name: "harbor".into(),
+                auth_mount: "kubernetes".into(),
+                audience: None,
+            }
+        );
+        assert_eq!(spc.objects.len(), 1);
+        let o = &spc.objects[0];
+        assert_eq!(o.path.as_str(), "HARBOR_ADMIN_PASSWORD");
+        assert_eq!(o.secret_path, "secret/data/harbor");
+        assert_eq!(o.api_path(), "secret/data/harbor");
+        assert_eq!(o.query(), None);
+        assert_eq!(o.secret_key.as_deref(), Some("HARBOR_ADMIN_PASSWORD"));
+        assert_eq!(o.mode, None);
+        assert_eq!(o.encoding, Encoding::Utf8);
+        assert_eq!(spc.secret_objects.len(), 1);
+        let s = &spc.secret_objects[0];
+        assert_eq!(s.secret_name, "harbor-admin");
+        assert_eq!(s.secret_type, "Opaque");
+        assert_eq!(s.data[0].object_name.as_str(), "HARBOR_ADMIN_PASSWORD");
+        assert_eq!(s.data[0].key, "HARBOR_ADMIN_PASSWORD");
+    }
+
+    #[test]
+    fn seed_verbatim_with_cluster_address_and_json_form() {
+        let seed = HARBOR.replace(
+            "http://127.0.0.1:8200",
+            "http://openbao.openbao.svc.cluster.local:8200",
+        );
+        let spc = SecretProviderClass::from_yaml(&seed).expect("seed SPC");
+        assert_eq!(
+            spc.params.address.as_deref(),
+            Some("http://openbao.openbao.svc.cluster.local:8200")
+        );
+        // JSON is YAML: an SPC as the apiserver returns it parses too.
+        let json = r#"{"apiVersion":"secrets-store.csi.x-k8s.io/v1alpha1","kind":"SecretProviderClass",
+            "metadata":{"name":"j","namespace":"n","uid":"x"},"spec":{"provider":"vault",
+            "parameters":{"roleName":"r","objects":"- objectName: a\n  secretPath: kv/a\n"}},"status":{}}"#;
+        let spc = SecretProviderClass::from_yaml(json).expect("json SPC");
+        assert_eq!(spc.provider, "vault");
+        assert_eq!(spc.objects[0].path.as_str(), "a");
+    }
+
+    #[test]
+    fn header_errors() {
+        assert!(
+            err(SecretProviderClass::from_yaml("a: [b"))
+                .contains("invalid SecretProviderClass YAML")
+        );
+        assert!(err(SecretProviderClass::from_yaml("a: [b")).contains("line"));
+        let base = spc_with(
+            "    roleName: app\n",
+            "      - {objectName: a, secretPath: s/a}\n",
+        );
+        let e = err(SecretProviderClass::from_yaml(
+            &base.replace("/v1\n", "/v2\n"),
+        ));
+        assert!(
+            e.contains("apiVersion 'secrets-store.csi.x-k8s.io/v2'") && e.contains("ns/app"),
+            "{e}"
+        );
+        let e = err(SecretProviderClass::from_yaml(
+            &base.replace("kind: SecretProviderClass", "kind: Pod"),
+        ));
+        assert!(e.contains("kind 'Pod'"), "{e}");
+        let e = err(SecretProviderClass::from_yaml(
+            &base.replace("provider: openbao", "provider: azure"),
+        ));
+        assert!(
+            e.contains("spec.provider 'azure'") && e.contains("ns/app"),
+            "{e}"
+        );
+        let e = err(SecretProviderClass::from_yaml(
+            &base.replace("  name: app\n", ""),
+        ));
+        assert!(e.contains("metadata.name"), "{e}");
+        let no_params = "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\n\
+                         metadata: {name: x}\nspec: {provider: openbao}\n";
+        assert!(err(SecretProviderClass::from_yaml(no_params)).contains("spec.parameters not set"));
+        // Types are checked with their location.
+        let e = err(SecretProviderClass::from_yaml(
+            &base.replace("  name: app", "  name: [app]"),
+        ));
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn parameters_must_be_strings() {
+        let e = err(with_params(
+            "    roleName: app\n    vaultSkipTLSVerify: false\n",
+        ));
+        assert!(e.contains("'vaultSkipTLSVerify' must be a string"), "{e}");
+    }
+
+    #[test]
+    fn role_name_rules() {
+        let e = err(with_params("    vaultAddress: http://x\n"));
+        assert!(
+            e.contains("missing 'roleName' in SecretProviderClass 'ns/app'"),
+            "{e}"
+        );
+        assert!(err(with_params("    roleName: ''\n")).contains("missing 'roleName'"));
+        // A prefixed role name wins over roleName, as upstream.
+        let p = with_params("    roleName: plain\n    vaultRoleName: prefixed\n").expect("ok");
+        assert_eq!(p.params.role_name, "prefixed");
+        let p = with_params("    baoRoleName: bao\n    vaultRoleName: vault\n").expect("ok");
+        assert_eq!(p.params.role_name, "bao");
+    }
+
+    #[test]
+    fn prefix_precedence_bao_openbao_vault() {
+        let p = with_params(
+            "    roleName: r\n    vaultAddress: http://vault\n    openbaoAddress: http://openbao\n    baoAddress: http://bao\n",
+        )
+        .expect("ok");
+        assert_eq!(p.params.address.as_deref(), Some("http://bao"));
+        let p = with_params(
+            "    roleName: r\n    vaultAddress: http://vault\n    openbaoAddress: http://openbao\n",
+        )
+        .expect("ok");
+        assert_eq!(p.params.address.as_deref(), Some("http://openbao"));
+        let p = with_params("    roleName: r\n    vaultAddress: http://vault\n").expect("ok");
+        assert_eq!(p.params.address.as_deref(), Some("http://vault"));
+        let p = with_params("    roleName: r\n").expect("ok");
+        assert_eq!(p.params.address, None);
+        assert_eq!(p.params.auth_mount, "kubernetes");
+        let p = with_params("    roleName: r\n    vaultAddress: ''\n").expect("ok");
+        assert_eq!(p.params.address, None);
+    }
+
+    #[test]
+    fn auth_mount_and_audience() {
+        let p = with_params("    roleName: r\n    vaultKubernetesMountPath: /k8s-cluster1/\n    audience: openbao\n")
+            .expect("ok");
+        assert_eq!(p.params.auth_mount, "k8s-cluster1");
+        assert_eq!(p.params.audience.as_deref(), Some("openbao"));
+        let p = with_params("    roleName: r\n    baoAuthMountPath: jwt/prod\n").expect("ok");
+        assert_eq!(p.params.auth_mount, "jwt/prod");
+        let p = with_params("    roleName: r\n    baoAuthMountPath: ''\n").expect("ok");
+        assert_eq!(p.params.auth_mount, "kubernetes");
+        let e = err(with_params(
+            "    roleName: r\n    vaultKubernetesMountPath: a\n    baoAuthMountPath: b\n",
+        ));
+        assert!(
+            e.contains("cannot set both 'vaultKubernetesMountPath' and 'baoAuthMountPath'"),
+            "{e}"
+        );
+        let e = err(with_params(
+            "    roleName: r\n    vaultAuthMountPath: a/../b\n",
+        ));
+        assert!(e.contains("'vaultAuthMountPath'"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_parameters_are_rejected() {
+        for name in [
+            "vaultNamespace",
+            "baoNamespace",
+            "openbaoCACertPath",
+            "vaultCADirectory",
+            "vaultTLSServerName",
+            "vaultTLSClientCertPath",
+            "baoTLSClientKeyPath",
+        ] {
+            let e = err(with_params(&format!("    roleName: r\n    {name}: x\n")));
+            assert!(e.contains(&format!("'{name}' is not supported yet")), "{e}");
+        }
+        // Empty values configure nothing, upstream included.
+        with_params("    roleName: r\n    vaultNamespace: ''\n").expect("empty is harmless");
+        for ok in ["false", "False", "0", "f"] {
+            with_params(&format!(
+                "    roleName: r\n    vaultSkipTLSVerify: \"{ok}\"\n"
+            ))
+            .expect("false is harmless");
+        }
+        let e = err(with_params(
+            "    roleName: r\n    vaultSkipTLSVerify: \"true\"\n",
+        ));
+        assert!(
+            e.contains("'vaultSkipTLSVerify' is not supported yet"),
+            "{e}"
+        );
+        let e = err(with_params(
+            "    roleName: r\n    baoSkipTLSVerify: \"maybe\"\n",
+        ));
+        assert!(
+            e.contains("'baoSkipTLSVerify' must be 'true' or 'false'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn objects_list_rules() {
+        let no_objects = SecretProviderClass::from_yaml(
+            "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\n\
+             metadata: {name: x}\nspec:\n  provider: openbao\n  parameters: {roleName: r}\n",
+        );
+        assert!(err(no_objects).contains("no objects"));
+        assert!(err(with_objects("      []\n")).contains("no objects"));
+        assert!(err(with_objects("\n")).contains("no objects"));
+        let e = err(with_objects("      array:\n        - a\n"));
+        assert!(e.contains("parameter 'objects'"), "{e}");
+        let e = err(with_objects("      - objectName: [\n"));
+        assert!(
+            e.contains("parameter 'objects'") && e.contains("line"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn object_field_rules() {
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: s/a\n        secretKye: k\n",
+        ));
+        assert!(
+            e.contains("object 'a' has unknown field 'secretKye'"),
+            "{e}"
+        );
+        let e = err(with_objects("      - secretPath: s/a\n"));
+        assert!(e.contains("objects[0]") && e.contains("objectName"), "{e}");
+        let e = err(with_objects("      - objectName: a\n"));
+        assert!(
+            e.contains("object 'a'") && e.contains("'secretPath' is missing"),
+            "{e}"
+        );
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: ''\n",
+        ));
+        assert!(e.contains("'secretPath' is missing"), "{e}");
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: secret/../sys/x\n",
+        ));
+        assert!(e.contains("'..'"), "{e}");
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: s/a\n        encoding: rot13\n",
+        ));
+        assert!(e.contains("unknown encoding 'rot13' for object 'a'"), "{e}");
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: pki/issue/x\n        method: PUT\n",
+        ));
+        assert!(
+            e.contains("object 'a'")
+                && e.contains("method 'PUT'")
+                && e.contains("not supported yet"),
+            "{e}"
+        );
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: pki/issue/x\n        secretArgs:\n          common_name: x\n",
+        ));
+        assert!(
+            e.contains("object 'a'") && e.contains("'secretArgs' is not supported yet"),
+            "{e}"
+        );
+        let o = with_objects("      - objectName: a\n        secretPath: s/a\n        method: get\n        secretArgs: {}\n")
+            .expect("GET and empty args are harmless");
+        assert_eq!(o.objects[0].path.as_str(), "a");
+    }
+
+    #[test]
+    fn object_name_rules() {
+        for (name, why) in [
+            ("/abs", "absolute"),
+            ("a//b", "empty component"),
+            ("a/", "empty component"),
+            ("./a", "'.'"),
+            ("a/../b", "'..'"),
+            ("..", "'..'"),
+            ("''", "missing or empty"),
+        ] {
+            let e = err(with_objects(&format!(
+                "      - objectName: {name}\n        secretPath: s/a\n"
+            )));
+            assert!(e.contains(why) && e.contains("objectName"), "{name}: {e}");
+        }
+        let long = "x".repeat(256);
+        let e = err(with_objects(&format!(
+            "      - objectName: {long}\n        secretPath: s/a\n"
+        )));
+        assert!(e.contains("longer than 255"), "{e}");
+        let deep = vec!["y".repeat(200); 21].join("/");
+        let e = err(with_objects(&format!(
+            "      - objectName: {deep}\n        secretPath: s/a\n"
+        )));
+        assert!(e.contains("longer than 4096"), "{e}");
+        assert_eq!(ObjectPath::parse("a\0b"), Err(InvalidObjectPath::Nul));
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: s/a\n      - objectName: a\n        secretPath: s/b\n",
+        ));
+        assert!(
+            e.contains("objectName 'a' is declared more than once"),
+            "{e}"
+        );
+        let e = err(with_objects(
+            "      - objectName: a/b\n        secretPath: s/a\n      - objectName: a\n        secretPath: s/b\n",
+        ));
+        assert!(
+            e.contains("object 'a' is a file") && e.contains("'a/b'"),
+            "{e}"
+        );
+        let ok = with_objects(
+            "      - objectName: db/user\n        secretPath: s/a\n      - objectName: db/pass\n        secretPath: s/a\n      - objectName: 123\n        secretPath: s/b\n",
+        )
+        .expect("nested and numeric names");
+        let p = &ok.objects[0].path;
+        assert_eq!(p.components().collect::<Vec<_>>(), ["db", "user"]);
+        assert_eq!(p.file_name(), "user");
+        assert_eq!(p.ancestors().collect::<Vec<_>>(), ["db"]);
+        assert_eq!(ok.objects[2].path.to_string(), "123");
+    }
+
+    fn mode_of(v: &str) -> Result<Option<u32>, String> {
+        with_objects(&format!(
+            "      - objectName: a\n        secretPath: s/a\n        filePermission: {v}\n"
+        ))
+        .map(|s| s.objects[0].mode)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn file_permission_forms() {
+        assert_eq!(mode_of("0600"), Ok(Some(0o600)));
+        assert_eq!(mode_of("\"0600\""), Ok(Some(0o600)));
+        assert_eq!(mode_of("0o600"), Ok(Some(0o600)));
+        assert_eq!(mode_of("420"), Ok(Some(0o644)));
+        assert_eq!(mode_of("\"0440\""), Ok(Some(0o440)));
+        assert_eq!(mode_of("\"420\""), Ok(Some(0o644)));
+        assert_eq!(mode_of("0x1a4"), Ok(Some(0o644)));
+        assert_eq!(mode_of("0"), Ok(None));
+        assert_eq!(mode_of("~"), Ok(None));
+        for bad in [
+            "04755",
+            "0o1777",
+            "2048",
+            "010000",
+            "-1",
+            "0689",
+            "rw-r--r--",
+            "6.5",
+            "[1]",
+        ] {
+            let e = mode_of(bad).expect_err(bad);
+            assert!(
+                e.contains("object 'a'") && e.contains("filePermission"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(mode_of("04755").expect_err("suid").contains("setuid"));
+    }
+
+    #[test]
+    fn encodings_and_queries() {
+        let s = with_objects(
+            "      - {objectName: a, secretPath: /v1/secret/data/a?version=2, encoding: BASE64}\n\
+             \x20     - {objectName: b, secretPath: v1/kv/b, encoding: Hex}\n\
+             \x20     - {objectName: c, secretPath: kv/c, encoding: ''}\n\
+             \x20     - {objectName: d, secretPath: /kv/d, encoding: UTF-8}\n",
+        )
+        .expect("ok");
+        let enc: Vec<_> = s.objects.iter().map(|o| o.encoding).collect();
+        assert_eq!(
+            enc,
+            [
+                Encoding::Base64,
+                Encoding::Hex,
+                Encoding::Utf8,
+                Encoding::Utf8
+            ]
+        );
+        assert_eq!(s.objects[0].api_path(), "secret/data/a");
+        assert_eq!(s.objects[0].query(), Some("version=2"));
+        assert_eq!(s.objects[1].api_path(), "kv/b");
+        assert_eq!(s.objects[3].api_path(), "kv/d");
+        assert_eq!(Encoding::Base64.to_string(), "base64");
+    }
+
+    #[test]
+    fn secret_objects_rules() {
+        let base = spc_with(
+            "    roleName: app\n",
+            "      - {objectName: a, secretPath: s/a}\n",
+        );
+        let with =
+            |so: &str| SecretProviderClass::from_yaml(&format!("{base}  secretObjects:\n{so}"));
+        let ok = with(
+            "    - secretName: s\n      type: kubernetes.io/tls\n      labels: {a: b}\n      annotations: {c: d}\n      data:\n        - {objectName: a, key: tls.crt}\n",
+        )
+        .expect("ok");
+        assert_eq!(ok.secret_objects[0].secret_type, "kubernetes.io/tls");
+        assert_eq!(
+            ok.secret_objects[0].labels.get("a").map(String::as_str),
+            Some("b")
+        );
+        let e = err(with(
+            "    - secretName: s\n      data:\n        - {objectName: nope, key: k}\n",
+        ));
+        assert!(
+            e.contains("secretObjects entry 's'") && e.contains("'nope' is not a declared object"),
+            "{e}"
+        );
+        let e = err(with("    - secretName: s\n"));
+        assert!(e.contains("data is missing"), "{e}");
+        let e = err(with("    - data:\n        - {objectName: a, key: k}\n"));
+        assert!(
+            e.contains("secretObjects[0]") && e.contains("secretName"),
+            "{e}"
+        );
+        let e = err(with(
+            "    - secretName: s\n      data:\n        - {objectName: a}\n",
+        ));
+        assert!(e.contains("data[0].key"), "{e}");
+    }
+}

@@ -31,18 +31,12 @@ pub struct PodInfo {
 }
 
 /// Ownership of the files of a volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ownership {
     /// Owner of every file and directory.
     pub uid: u32,
     /// Group of every file and directory (the pod's fsGroup under CSI).
     pub gid: u32,
-}
-
-impl Default for Ownership {
-    fn default() -> Self {
-        Self { uid: 0, gid: 0 }
-    }
 }
 
 /// One secret volume, fully described.

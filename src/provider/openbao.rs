@@ -167,7 +167,8 @@ impl fmt::Display for Cause {
                 last,
             } => write!(
                 f,
-                "{last} (gave up after {attempts} attempts in {:.1}s)",
+                "{last} (gave up after {attempts} attempt{} in {:.1}s)",
+                if *attempts == 1 { "" } else { "s" },
                 elapsed.as_secs_f64()
             ),
         }
@@ -271,7 +272,7 @@ pub enum ProviderError {
     },
     /// The value is not valid in the object's encoding.
     #[error(
-        "SecretProviderClass '{spc}': object '{object}': the value at '{path}' is not valid {encoding} (encoding: {encoding})"
+        "SecretProviderClass '{spc}': object '{object}': the value at '{path}' cannot be decoded as {encoding} (the object's encoding)"
     )]
     Decode {
         /// The SPC.
@@ -842,6 +843,9 @@ fn parse_address(spc: &str, address: &str) -> Result<Url, ProviderError> {
         address: shown.clone(),
         reason: reason.to_owned(),
     };
+    if !address.contains("://") {
+        return Err(invalid("it must start with http:// or https://"));
+    }
     let url = Url::parse(address).map_err(|e| invalid(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https"));
@@ -996,7 +1000,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut source = e.source();
     while let Some(s) = source {
         let msg = s.to_string();
-        if !parts.iter().any(|p| p.contains(&msg)) {
+        // hyper-util's "client error (Connect)" says nothing its sources do not.
+        let generic = msg.starts_with("client error (") && s.source().is_some();
+        if !generic && !parts.iter().any(|p| p.contains(&msg)) {
             parts.push(msg);
         }
         source = s.source();

@@ -106,7 +106,8 @@ pub fn extract(
     };
     if value.len() > max_size {
         let size = value.len();
-        drop(SecretBytes::from_vec(value));
+        let mut value = value;
+        value.zeroize();
         return Err(ExtractError::TooLarge {
             size,
             limit: max_size,
@@ -150,11 +151,12 @@ pub fn decode(raw: Vec<u8>, encoding: Encoding) -> Result<Vec<u8>, ExtractError>
     }
 }
 
-/// Standard alphabet, padding optional, non-zero trailing bits allowed (as Go's decoder).
+/// Go's `base64.StdEncoding`: standard alphabet, padding required, non-zero trailing bits
+/// allowed.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
         .with_decode_allow_trailing_bits(true),
 );
 
@@ -433,10 +435,10 @@ mod tests {
             get(&kv2(), Some("hex"), Encoding::Hex).expect("ok"),
             b"hello"
         );
-        // Unpadded and line-wrapped base64 are accepted.
+        // Padding is required (as Go's StdEncoding); line breaks are ignored.
         assert_eq!(
-            decode(b"aGVsbG8".to_vec(), Encoding::Base64).expect("ok"),
-            b"hello"
+            decode(b"aGVsbG8".to_vec(), Encoding::Base64),
+            Err(ExtractError::Decode(Encoding::Base64))
         );
         assert_eq!(
             decode(b"aGVs\nbG8=\n".to_vec(), Encoding::Base64).expect("ok"),
