@@ -17,12 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baofs::cache::{Layout, SecretCache};
-use baofs::fs::Fs;
-use baofs::fuse::Hub;
-use baofs::poller::Poller;
 use baofs::provider::openbao::OpenBaoConfig;
 use baofs::provider::{OpenBaoProvider, Provider};
+use baofs::publisher::{Publisher, PublisherConfig};
 use baofs::secret::SecretString;
 use baofs::spc::SecretProviderClass;
 use baofs::volume::{Credentials, Ownership, PodInfo, VolumeSpec};
@@ -146,15 +143,20 @@ spec:
     let rt = tokio::runtime::Runtime::new().unwrap();
     let provider: Arc<dyn Provider> =
         Arc::new(OpenBaoProvider::new(OpenBaoConfig::default()).unwrap());
-    let fetched = rt.block_on(provider.fetch(&spec)).unwrap();
-    let cache = Arc::new(SecretCache::new());
-    let layout = Layout::new(&spec.id, &spec.spc.objects).unwrap();
-    let volume = cache
-        .insert(&spec.id, layout, spec.ownership, fetched)
+    let publisher = rt
+        .block_on(async {
+            Publisher::start(
+                PublisherConfig {
+                    state_dir: hub_dir.clone(),
+                    rotation: Some(Duration::from_secs(3600)),
+                    fuse_threads: 2,
+                    create_missing_targets: false,
+                },
+                provider,
+            )
+        })
         .unwrap();
-    let fs = Arc::new(Fs::new(Arc::clone(&cache)));
-    let hub = Hub::mount(&hub_dir, Arc::clone(&fs), 2).unwrap();
-    hub.bind(&spec.id, &target).unwrap();
+    rt.block_on(publisher.publish(spec, &target)).unwrap();
     sys_mount("tmpfs", &tmpfs, "tmpfs", "size=1m");
     std::fs::write(tmpfs.join("value"), &value).unwrap();
 
@@ -170,9 +172,9 @@ spec:
     );
     for threads in [1, 2] {
         let t = throughput(&tmpfs_file, threads, secs);
-        let before = hub.request_counts().snapshot();
+        let before = publisher.request_counts().unwrap();
         let b = throughput(&baofs_file, threads, secs);
-        let after = hub.request_counts().snapshot();
+        let after = publisher.request_counts().unwrap();
         let requests: u64 = after.iter().zip(before).map(|(a, b)| a - b).sum();
         println!(
             "{:<34} {:>14.0} {:>14.0} {:>7.2}x   ({requests} FUSE requests reached userspace)",
@@ -184,19 +186,13 @@ spec:
     }
 
     // Rotations: first read of a new version, and poll-complete -> visible delay.
-    let poller = Poller::new(
-        Arc::clone(&provider),
-        Arc::clone(&fs),
-        Arc::new(hub.invalidator()),
-        Duration::from_secs(3600),
-    );
     let mut first_reads = Vec::new();
     let mut visible_after = Vec::new();
     for i in 0..50 {
         let next = format!("{:0>width$}", i, width = SECRET_SIZE);
         put_secret(&addr, &token, "bench", &next);
-        let changes = rt.block_on(poller.poll_once(&spec, &volume)).unwrap();
-        assert_eq!(changes.changed.len(), 1);
+        let changed = rt.block_on(publisher.poll_now(&target)).unwrap().unwrap();
+        assert_eq!(changed, ["value"]);
         let polled = Instant::now();
         let t0 = Instant::now();
         open_read_close(&baofs_file, &mut buf);
@@ -221,10 +217,7 @@ spec:
         percentile(&visible_after, 1.0)
     );
 
-    hub.unbind(&target).unwrap();
+    rt.block_on(publisher.shutdown());
     sys_umount(&tmpfs);
-    cache.clear();
-    fs.clear();
-    hub.shutdown(Duration::from_secs(2)).unwrap();
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -7,25 +7,21 @@
 //!                                      poller ─> cache swap ─> invalidation ┘
 //! ```
 //!
-//! Order matters for "nothing half-mounted": every input is checked and every object fetched
-//! before anything is mounted; if mounting fails, what was mounted is undone.
+//! `baofs mount` is a one-volume client of `publisher`, the use case CSI NodePublishVolume
+//! calls: every object is fetched before the target is mounted, and a failure leaves nothing
+//! mounted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::cache::{CacheError, Layout, SecretCache};
 use crate::cli::MountArgs;
-use crate::fs::Fs;
-use crate::fuse::{self, FuseError, Hub, Unmounted};
-use crate::poller::Poller;
 use crate::provider::openbao::OpenBaoConfig;
 use crate::provider::{OpenBaoProvider, Provider, ProviderError};
+use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::secret::SecretString;
 use crate::spc::{SecretProviderClass, SpcError};
 use crate::volume::{Credentials, Ownership, PodInfo, VolumeSpec};
@@ -59,31 +55,12 @@ pub enum AppError {
     /// Invalid command-line input.
     #[error("{0}")]
     Input(String),
-    /// The target cannot be mounted on.
-    #[error("target {path}: {reason}")]
-    Target {
-        /// The target.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// Fetching from OpenBao failed.
+    /// Creating the provider failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    /// The values do not fit the volume.
+    /// Publishing failed (target, fetch, mount); nothing was left mounted.
     #[error(transparent)]
-    Cache(#[from] CacheError),
-    /// Mounting or unmounting failed.
-    #[error(transparent)]
-    Fuse(#[from] FuseError),
-    /// The state directory is unusable.
-    #[error("state directory {path}: {source}")]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    Publish(#[from] PublishError),
     /// Installing signal handlers failed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
@@ -157,171 +134,73 @@ pub fn volume_spec(args: &MountArgs) -> Result<VolumeSpec, AppError> {
     })
 }
 
-fn check_target(target: &Path) -> Result<PathBuf, AppError> {
-    let err = |reason: String| AppError::Target {
-        path: target.to_owned(),
-        reason,
-    };
-    let canonical = std::fs::canonicalize(target).map_err(|e| err(e.to_string()))?;
-    if !canonical.is_dir() {
-        return Err(err("not a directory".into()));
-    }
-    match fuse::mount::is_mount_point(&canonical) {
-        Ok(true) => Err(err("already a mount point".into())),
-        Ok(false) => Ok(canonical),
-        Err(e) => Err(err(format!("reading /proc/self/mountinfo: {e}"))),
-    }
-}
-
-/// Removes hub directories left by `baofs mount` processes that died without cleaning up.
-fn clean_stale_hubs(state_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(state_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hub-")) else {
-            continue;
-        };
-        if Path::new("/proc").join(pid).exists() {
-            continue;
-        }
-        let path = entry.path();
-        match fuse::mount::unmount(&path) {
-            Ok(Unmounted::NotMounted) => {}
-            Ok(how) => {
-                warn!(hub = %path.display(), ?how, "unmounted a stale hub of a dead process")
-            }
-            Err(e) => warn!(hub = %path.display(), error = %e, "cannot unmount stale hub"),
-        }
-        let _ = std::fs::remove_dir(&path);
-    }
-}
-
-fn prepare_hub_dir(state_dir: &Path) -> Result<PathBuf, AppError> {
-    let state_err = |source| AppError::StateDir {
-        path: state_dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(state_dir).map_err(state_err)?;
-    clean_stale_hubs(state_dir);
-    let hub = state_dir.join(format!("hub-{}", std::process::id()));
-    match std::fs::create_dir(&hub) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(state_err(e)),
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hub, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
-    Ok(hub)
-}
-
 /// Runs `baofs mount` until SIGTERM or SIGINT.
 pub async fn run_mount(args: MountArgs) -> Result<(), AppError> {
     for w in crate::hardening::harden_process() {
         warn!("{w}");
     }
-    // 1. Every input checked before anything is fetched or mounted.
+    // Every input is checked before anything is fetched or mounted.
     let spec = volume_spec(&args)?;
-    let target = check_target(&args.target)?;
     let config = OpenBaoConfig {
-        default_address: std::env::var("BAO_ADDR")
-            .or_else(|_| std::env::var("VAULT_ADDR"))
-            .ok(),
+        default_address: OpenBaoConfig::env_address(),
         request_timeout: args.request_timeout,
         retry_deadline: args.retry_deadline,
         max_object_size: args.max_object_size,
     };
     let provider: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(config)?);
-    let mut stop_signals = Signals::install()?;
-
-    // 2. Every object fetched: a volume is never mounted half-filled.
-    let fetched = tokio::select! {
-        r = provider.fetch(&spec) => r?,
-        _ = stop_signals.recv() => {
-            info!("interrupted before mounting; nothing was mounted");
+    let mut signals = Signals::install()?;
+    let publisher = Publisher::start(
+        PublisherConfig {
+            state_dir: args.state_dir.clone(),
+            rotation: Some(args.rotation_poll_interval),
+            fuse_threads: FUSE_THREADS,
+            create_missing_targets: false,
+        },
+        provider,
+    )?;
+    // The same use case as CSI NodePublishVolume: nothing is left mounted if it fails.
+    let published = tokio::select! {
+        r = publisher.publish(spec, &args.target) => r.map(Some),
+        _ = signals.recv() => Ok(None),
+    };
+    match published {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            info!("interrupted before the volume was mounted");
+            publisher.shutdown().await;
             return Ok(());
         }
-    };
-    let cache = Arc::new(SecretCache::new());
-    let layout = Layout::new(&spec.id, &spec.spc.objects)?;
-    let volume = cache.insert(&spec.id, layout, spec.ownership, fetched)?;
-    let fs = Arc::new(Fs::new(Arc::clone(&cache)));
-
-    // 3. Mount the hub, then bind the volume at the target; undo on failure.
-    let hub_dir = prepare_hub_dir(&args.state_dir)?;
-    let hub = match Hub::mount(&hub_dir, Arc::clone(&fs), FUSE_THREADS) {
-        Ok(hub) => hub,
         Err(e) => {
-            let _ = std::fs::remove_dir(&hub_dir);
+            publisher.shutdown().await;
             return Err(e.into());
         }
-    };
-    if let Err(e) = hub.bind(&spec.id, &target) {
-        shutdown_hub(hub, &fs, &hub_dir);
-        return Err(e.into());
     }
-    info!(target = %target.display(), spc = %spec.spc_ref(), objects = spec.spc.objects.len(), "mounted");
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "baofs: mounted {}", target.display());
+        let _ = writeln!(out, "baofs: mounted {}", args.target.display());
         let _ = out.flush();
     }
-
-    // 4. Keep it fresh until told to stop.
-    let poller = Arc::new(Poller::new(
-        Arc::clone(&provider),
-        Arc::clone(&fs),
-        Arc::new(hub.invalidator()),
-        args.rotation_poll_interval,
-    ));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let task = {
-        let poller = Arc::clone(&poller);
-        let volume = Arc::clone(&volume);
-        tokio::spawn(async move { poller.run(spec, volume, stop_rx).await })
-    };
-    stop_signals.recv().await;
+    signals.recv().await;
     info!("signal received: unmounting");
-
-    // 5. Stop polling, unmount, wipe.
-    let _ = stop_tx.send(true);
-    let _ = task.await;
-    let result = hub.unbind(&target);
-    match &result {
-        Ok(how) => info!(target = %target.display(), ?how, "target unmounted"),
-        Err(e) => warn!(error = %e, "unmounting target failed"),
-    }
-    drop(volume);
-    shutdown_hub(hub, &fs, &hub_dir);
-    result.map(|_| ()).map_err(Into::into)
-}
-
-fn shutdown_hub(hub: Hub, fs: &Fs, hub_dir: &Path) {
-    fs.cache().clear();
-    fs.clear();
-    match hub.shutdown(Duration::from_secs(2)) {
-        Ok(how) => info!(hub = %hub_dir.display(), ?how, "hub unmounted"),
-        Err(e) => warn!(error = %e, "unmounting hub failed"),
-    }
-    let _ = std::fs::remove_dir(hub_dir);
+    publisher.shutdown().await;
+    Ok(())
 }
 
 /// SIGTERM and SIGINT.
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn install() -> Result<Self, AppError> {
+    pub(crate) fn install() -> Result<Self, AppError> {
         Ok(Self {
             term: signal(SignalKind::terminate()).map_err(AppError::Signals)?,
             int: signal(SignalKind::interrupt()).map_err(AppError::Signals)?,
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

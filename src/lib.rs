@@ -23,6 +23,7 @@ pub mod fuse;
 pub mod hardening;
 pub mod poller;
 pub mod provider;
+pub mod publisher;
 pub mod secret;
 pub mod spc;
 pub mod telemetry;

@@ -11,7 +11,9 @@
 //! values keep being served and the poll is retried with backoff; nothing is ever unmounted by
 //! the poller. The poller holds no lock the read path needs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -106,13 +108,8 @@ impl Poller {
         Ok(changes)
     }
 
-    /// Polls `volume` until `stop` turns true.
-    pub async fn run(
-        &self,
-        spec: VolumeSpec,
-        volume: Arc<CachedVolume>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    /// Polls `volume` until `stop` turns true, recording each outcome in `volume.health`.
+    pub async fn run(&self, volume: Arc<PolledVolume>, mut stop: watch::Receiver<bool>) {
         let mut failures: u32 = 0;
         loop {
             let wait = if failures == 0 {
@@ -126,7 +123,10 @@ impl Poller {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            match self.poll_once(&spec, &volume).await {
+            let spec = volume.spec.load_full();
+            let result = self.poll_once(&spec, &volume.cached).await;
+            volume.record(&result);
+            match result {
                 Ok(changes) if changes.is_empty() => {
                     debug!(volume = %spec.id, spc = %spec.spc_ref(), "poll: no change");
                     failures = 0;
@@ -149,6 +149,65 @@ impl Poller {
                 }
             }
         }
+    }
+}
+
+/// How a volume's polling is going (for `baofs status`; never holds a value).
+#[derive(Debug, Clone, Default)]
+pub struct PollHealth {
+    /// When the last successful fetch completed.
+    pub last_success: Option<SystemTime>,
+    /// The last failure, if the most recent poll failed.
+    pub last_error: Option<String>,
+    /// Consecutive failures.
+    pub failures: u32,
+}
+
+/// A volume as the poller sees it: its spec (swapped on republish, e.g. a fresh token), its
+/// cached values and its health.
+#[derive(Debug)]
+pub struct PolledVolume {
+    /// The current spec; a republish stores a new one with fresh credentials.
+    pub spec: ArcSwap<VolumeSpec>,
+    /// The cached values.
+    pub cached: Arc<CachedVolume>,
+    health: Mutex<PollHealth>,
+}
+
+impl PolledVolume {
+    /// A volume whose first fetch just succeeded.
+    pub fn new(spec: VolumeSpec, cached: Arc<CachedVolume>) -> Self {
+        Self {
+            spec: ArcSwap::from_pointee(spec),
+            cached,
+            health: Mutex::new(PollHealth {
+                last_success: Some(SystemTime::now()),
+                ..PollHealth::default()
+            }),
+        }
+    }
+
+    fn record(&self, result: &Result<ChangeSet, PollError>) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(_) => {
+                h.last_success = Some(SystemTime::now());
+                h.last_error = None;
+                h.failures = 0;
+            }
+            Err(e) => {
+                h.last_error = Some(e.to_string());
+                h.failures = h.failures.saturating_add(1);
+            }
+        }
+    }
+
+    /// A copy of the current health.
+    pub fn health(&self) -> PollHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

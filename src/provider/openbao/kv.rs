@@ -136,7 +136,7 @@ pub fn decode(raw: Vec<u8>, encoding: Encoding) -> Result<Vec<u8>, ExtractError>
         }
         Encoding::Hex => {
             let input = raw.as_slice();
-            if input.len() % 2 != 0 {
+            if !input.len().is_multiple_of(2) {
                 return Err(ExtractError::Decode(Encoding::Hex));
             }
             let mut out = ZeroizingBuf::with_capacity(input.len() / 2);

@@ -1,0 +1,530 @@
+//! Publish and unpublish: the use cases behind `baofs mount` and CSI NodePublish/Unpublish.
+//!
+//! ```text
+//! publish(spec, target):  target checks ─> provider.fetch ─> cache.insert ─> hub.bind ─> poller
+//! unpublish(target):      stop poller ─> hub.unbind (lazy if busy) ─> cache.remove (wiped on forget)
+//! ```
+//!
+//! The publisher owns the process's one FUSE hub, the cache and the per-volume pollers. Calls
+//! for one target are serialized (a per-target async lock); calls for different targets run in
+//! parallel. Nothing is mounted until every object was fetched, and a failure after mounting
+//! undoes the mount: a target is either fully published or untouched.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::cache::{CacheError, Layout, SecretCache};
+use crate::fs::Fs;
+use crate::fuse::{self, FuseError, Hub, Unmounted};
+use crate::poller::{PollHealth, PolledVolume, Poller};
+use crate::provider::{Provider, ProviderError};
+use crate::volume::VolumeSpec;
+
+/// How the publisher runs.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Node-local state: the hub is mounted at `<state_dir>/hub-<pid>`. Never holds a value.
+    pub state_dir: PathBuf,
+    /// Poll interval; `None` disables rotation (upstream's `--enable-secret-rotation=false`).
+    pub rotation: Option<Duration>,
+    /// FUSE loops of the hub (at least 2).
+    pub fuse_threads: usize,
+    /// Create a missing target directory (CSI) instead of refusing it (`baofs mount`).
+    pub create_missing_targets: bool,
+}
+
+/// Result of a successful publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Fetched and mounted.
+    Mounted,
+    /// Already mounted with this volume: the new credentials are kept for the poller; nothing
+    /// was fetched, nothing can fail.
+    Republished,
+}
+
+/// Result of a successful unpublish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpublished {
+    /// Unmounted (lazily if files were open).
+    Unmounted,
+    /// Nothing of ours was mounted there.
+    NotMounted,
+}
+
+/// Why a publish or unpublish failed. Nothing is left mounted when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The target path cannot be used.
+    #[error("target {target}: {reason}")]
+    InvalidTarget {
+        /// The target.
+        target: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The target already holds another volume.
+    #[error("target {target} already holds volume '{volume}'")]
+    Conflict {
+        /// The target.
+        target: PathBuf,
+        /// The volume mounted there.
+        volume: String,
+    },
+    /// Fetching failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The volume does not fit the cache (invalid id, too many files, already published).
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Mounting failed.
+    #[error(transparent)]
+    Fuse(#[from] FuseError),
+    /// The state directory is unusable.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// One published volume.
+#[derive(Debug)]
+struct Mounted {
+    target: PathBuf,
+    volume: Arc<PolledVolume>,
+    created_target: bool,
+    published_at: SystemTime,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Status of one object of a published volume (no value).
+#[derive(Debug, Clone)]
+pub struct ObjectStatus {
+    /// `objectName`.
+    pub name: String,
+    /// Content generation: 1 at publish, +1 per change.
+    pub version: u32,
+    /// Size in bytes.
+    pub size: usize,
+    /// When this version was fetched.
+    pub fetched_at: SystemTime,
+}
+
+/// Status of one published volume (no value).
+#[derive(Debug, Clone)]
+pub struct VolumeStatus {
+    /// Volume id.
+    pub volume_id: String,
+    /// Where it is mounted.
+    pub target: PathBuf,
+    /// `namespace/name` of the SPC.
+    pub spc: String,
+    /// Pod namespace, name and uid, if known.
+    pub pod: crate::volume::PodInfo,
+    /// When it was published.
+    pub published_at: SystemTime,
+    /// Polling health.
+    pub health: PollHealth,
+    /// Objects.
+    pub objects: Vec<ObjectStatus>,
+}
+
+/// Publishes volumes onto the process's FUSE hub.
+pub struct Publisher {
+    config: PublisherConfig,
+    provider: Arc<dyn Provider>,
+    cache: Arc<SecretCache>,
+    fs: Arc<Fs>,
+    hub: Mutex<Option<Hub>>,
+    hub_dir: PathBuf,
+    poller: Option<Arc<Poller>>,
+    volumes: Mutex<HashMap<PathBuf, Arc<Mounted>>>,
+    target_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("hub_dir", &self.hub_dir)
+            .field("volumes", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes hub directories left by baofs processes that died without cleaning up.
+fn clean_stale_hubs(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hub-")) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match fuse::mount::unmount(&path) {
+            Ok(Unmounted::NotMounted) => {}
+            Ok(how) => warn!(hub = %path.display(), ?how, "unmounted the hub of a dead process"),
+            Err(e) => warn!(hub = %path.display(), error = %e, "cannot unmount a stale hub"),
+        }
+        let _ = std::fs::remove_dir(&path);
+    }
+}
+
+fn prepare_hub_dir(state_dir: &Path) -> Result<PathBuf, PublishError> {
+    use std::os::unix::fs::PermissionsExt;
+    let state_err = |source| PublishError::State {
+        path: state_dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(state_err)?;
+    clean_stale_hubs(state_dir);
+    let hub = state_dir.join(format!("hub-{}", std::process::id()));
+    match std::fs::create_dir(&hub) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(state_err(e)),
+    }
+    std::fs::set_permissions(&hub, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
+    Ok(hub)
+}
+
+impl Publisher {
+    /// Mounts the hub and returns a publisher with no volume.
+    pub fn start(
+        config: PublisherConfig,
+        provider: Arc<dyn Provider>,
+    ) -> Result<Arc<Self>, PublishError> {
+        let cache = Arc::new(SecretCache::new());
+        let fs = Arc::new(Fs::new(Arc::clone(&cache)));
+        let hub_dir = prepare_hub_dir(&config.state_dir)?;
+        let hub = match Hub::mount(&hub_dir, Arc::clone(&fs), config.fuse_threads) {
+            Ok(hub) => hub,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&hub_dir);
+                return Err(e.into());
+            }
+        };
+        let poller = config.rotation.map(|interval| {
+            Arc::new(Poller::new(
+                Arc::clone(&provider),
+                Arc::clone(&fs),
+                Arc::new(hub.invalidator()),
+                interval,
+            ))
+        });
+        Ok(Arc::new(Self {
+            config,
+            provider,
+            cache,
+            fs,
+            hub: Mutex::new(Some(hub)),
+            hub_dir,
+            poller,
+            volumes: Mutex::new(HashMap::new()),
+            target_locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The hub's mount point.
+    pub fn hub_dir(&self) -> &Path {
+        &self.hub_dir
+    }
+
+    /// Requests that reached userspace (diagnostics, benchmarks).
+    pub fn request_counts(&self) -> Option<[u64; 6]> {
+        self.with_hub(|h| h.request_counts().snapshot()).ok()
+    }
+
+    fn with_hub<T>(&self, f: impl FnOnce(&Hub) -> T) -> Result<T, PublishError> {
+        let hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+        match hub.as_ref() {
+            Some(h) => Ok(f(h)),
+            None => Err(PublishError::State {
+                path: self.hub_dir.clone(),
+                source: std::io::Error::other("the driver is shutting down"),
+            }),
+        }
+    }
+
+    fn target_lock(&self, target: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.target_locks.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(target.to_owned()).or_default())
+    }
+
+    fn release_target_lock(&self, target: &Path, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.target_locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references: the map's and ours. Anyone else waiting holds a third.
+        if Arc::strong_count(&lock) <= 2 {
+            locks.remove(target);
+        }
+    }
+
+    fn mounted(&self, target: &Path) -> Option<Arc<Mounted>> {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(target)
+            .cloned()
+    }
+
+    /// Publishes `spec` at `target`. A republish of the same volume at the same target only
+    /// stores the new spec (fresh credentials) and cannot fail.
+    pub async fn publish(
+        &self,
+        spec: VolumeSpec,
+        target: &Path,
+    ) -> Result<Published, PublishError> {
+        let lock = self.target_lock(target);
+        let result = {
+            let _serialized = lock.lock().await;
+            self.publish_locked(spec, target).await
+        };
+        self.release_target_lock(target, lock);
+        result
+    }
+
+    async fn publish_locked(
+        &self,
+        spec: VolumeSpec,
+        target: &Path,
+    ) -> Result<Published, PublishError> {
+        if let Some(m) = self.mounted(target) {
+            let current = m.volume.spec.load();
+            if current.id != spec.id {
+                return Err(PublishError::Conflict {
+                    target: target.to_owned(),
+                    volume: current.id.clone(),
+                });
+            }
+            drop(current);
+            m.volume.spec.store(Arc::new(spec));
+            return Ok(Published::Republished);
+        }
+        let invalid = |reason: String| PublishError::InvalidTarget {
+            target: target.to_owned(),
+            reason,
+        };
+        let mut created_target = false;
+        if !target.exists() {
+            if !self.config.create_missing_targets {
+                return Err(invalid("does not exist".into()));
+            }
+            std::fs::create_dir_all(target).map_err(|e| invalid(e.to_string()))?;
+            created_target = true;
+        }
+        let undo_create = |created: bool| {
+            if created {
+                let _ = std::fs::remove_dir(target);
+            }
+        };
+        let checked = (|| {
+            let canonical = std::fs::canonicalize(target).map_err(|e| invalid(e.to_string()))?;
+            if !canonical.is_dir() {
+                return Err(invalid("not a directory".into()));
+            }
+            match fuse::mount::is_mount_point(&canonical) {
+                Ok(true) => Err(invalid("already a mount point".into())),
+                Ok(false) => Ok(()),
+                Err(e) => Err(invalid(format!("reading /proc/self/mountinfo: {e}"))),
+            }
+        })();
+        if let Err(e) = checked {
+            undo_create(created_target);
+            return Err(e);
+        }
+
+        // Every object fetched before anything is mounted.
+        let fetched = match self.provider.fetch(&spec).await {
+            Ok(f) => f,
+            Err(e) => {
+                undo_create(created_target);
+                return Err(e.into());
+            }
+        };
+        let layout = Layout::new(&spec.id, &spec.spc.objects);
+        let cached =
+            match layout.and_then(|l| self.cache.insert(&spec.id, l, spec.ownership, fetched)) {
+                Ok(c) => c,
+                Err(e) => {
+                    undo_create(created_target);
+                    return Err(e.into());
+                }
+            };
+        if let Err(e) = self
+            .with_hub(|h| h.bind(&spec.id, target))
+            .and_then(|r| r.map_err(PublishError::from))
+        {
+            self.cache.remove(&spec.id);
+            undo_create(created_target);
+            return Err(e);
+        }
+        info!(
+            volume = %spec.id,
+            target = %target.display(),
+            spc = %spec.spc_ref(),
+            objects = spec.spc.objects.len(),
+            "published"
+        );
+
+        let volume = Arc::new(PolledVolume::new(spec, cached));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = self.poller.as_ref().map(|p| {
+            let (p, v) = (Arc::clone(p), Arc::clone(&volume));
+            tokio::spawn(async move { p.run(v, stop_rx).await })
+        });
+        let mounted = Arc::new(Mounted {
+            target: target.to_owned(),
+            volume,
+            created_target,
+            published_at: SystemTime::now(),
+            stop,
+            task: Mutex::new(task),
+        });
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target.to_owned(), mounted);
+        Ok(Published::Mounted)
+    }
+
+    /// Unpublishes whatever baofs mounted at `target`: stops its polling, unmounts (lazily if
+    /// files are open) and drops its values, which are wiped once the kernel forgets them.
+    /// Unknown targets are fine.
+    pub async fn unpublish(&self, target: &Path) -> Result<Unpublished, PublishError> {
+        let lock = self.target_lock(target);
+        let result = {
+            let _serialized = lock.lock().await;
+            self.unpublish_locked(target).await
+        };
+        self.release_target_lock(target, lock);
+        result
+    }
+
+    async fn unpublish_locked(&self, target: &Path) -> Result<Unpublished, PublishError> {
+        let Some(m) = self.mounted(target) else {
+            return Ok(Unpublished::NotMounted);
+        };
+        let how = self
+            .with_hub(|h| h.unbind(target))
+            .and_then(|r| r.map_err(PublishError::from))?;
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
+        self.retire(&m).await;
+        info!(target = %target.display(), ?how, "unpublished");
+        Ok(Unpublished::Unmounted)
+    }
+
+    async fn retire(&self, m: &Mounted) {
+        let _ = m.stop.send(true);
+        let task = m.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let id = m.volume.spec.load().id.clone();
+        self.cache.remove(&id);
+        if m.created_target {
+            let _ = std::fs::remove_dir(&m.target);
+        }
+    }
+
+    /// Status of every published volume, sorted by target (no values).
+    pub fn status(&self) -> Vec<VolumeStatus> {
+        let volumes: Vec<Arc<Mounted>> = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<VolumeStatus> = volumes
+            .iter()
+            .map(|m| {
+                let spec = m.volume.spec.load();
+                let snap = m.volume.cached.snapshot();
+                let objects = spec
+                    .spc
+                    .objects
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| {
+                        let node = m.volume.cached.layout.object_node(i)?;
+                        let v = snap.version(node)?;
+                        Some(ObjectStatus {
+                            name: o.path.to_string(),
+                            version: v.generation,
+                            size: v.value.len(),
+                            fetched_at: v.fetched_at,
+                        })
+                    })
+                    .collect();
+                VolumeStatus {
+                    volume_id: spec.id.clone(),
+                    target: m.target.clone(),
+                    spc: spec.spc_ref(),
+                    pod: spec.pod.clone(),
+                    published_at: m.published_at,
+                    health: m.volume.health(),
+                    objects,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.target.cmp(&b.target));
+        out
+    }
+
+    /// Polls one volume now (tests, benchmarks, operators). Returns the names that changed.
+    pub async fn poll_now(&self, target: &Path) -> Option<Result<Vec<String>, String>> {
+        let m = self.mounted(target)?;
+        let poller = self.poller.as_ref()?;
+        let spec = m.volume.spec.load_full();
+        Some(
+            poller
+                .poll_once(&spec, &m.volume.cached)
+                .await
+                .map(|c| c.changed.iter().map(|c| c.path.to_string()).collect())
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// Unpublishes every volume, unmounts the hub and wipes every value.
+    pub async fn shutdown(&self) {
+        let targets: Vec<PathBuf> = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for target in targets {
+            if let Err(e) = self.unpublish(&target).await {
+                warn!(target = %target.display(), error = %e, "unpublish at shutdown failed");
+            }
+        }
+        self.cache.clear();
+        self.fs.clear();
+        let hub = self.hub.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(hub) = hub {
+            match hub.shutdown(Duration::from_secs(2)) {
+                Ok(how) => info!(hub = %self.hub_dir.display(), ?how, "hub unmounted"),
+                Err(e) => warn!(error = %e, "unmounting the hub failed"),
+            }
+            let _ = std::fs::remove_dir(&self.hub_dir);
+        }
+    }
+}
