@@ -18,12 +18,13 @@ use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::cli::MountArgs;
+use crate::cli::{MountArgs, StatusArgs};
 use crate::provider::openbao::OpenBaoConfig;
 use crate::provider::{OpenBaoProvider, Provider, ProviderError};
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::secret::SecretString;
 use crate::spc::{SecretProviderClass, SpcError};
+use crate::status::{self, StatusError};
 use crate::volume::{Credentials, Ownership, PodInfo, VolumeSpec};
 
 /// Id of the single volume of `baofs mount` (its directory name in the hub).
@@ -61,6 +62,9 @@ pub enum AppError {
     /// Publishing failed (target, fetch, mount); nothing was left mounted.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// `baofs status` could not read the driver's status.
+    #[error(transparent)]
+    Status(#[from] StatusError),
     /// Installing signal handlers failed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
@@ -175,6 +179,13 @@ pub async fn run_mount(args: MountArgs) -> Result<(), AppError> {
             return Err(e.into());
         }
     }
+    let status = match status::serve(&args.state_dir, Arc::clone(&publisher)) {
+        Ok(task) => Some(task),
+        Err(e) => {
+            warn!(error = %e, "baofs status will not see this process");
+            None
+        }
+    };
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "baofs: mounted {}", args.target.display());
@@ -182,7 +193,24 @@ pub async fn run_mount(args: MountArgs) -> Result<(), AppError> {
     }
     signals.recv().await;
     info!("signal received: unmounting");
+    if let Some(task) = status {
+        task.abort();
+        status::remove_socket(&args.state_dir);
+    }
     publisher.shutdown().await;
+    Ok(())
+}
+
+/// Runs `baofs status`: prints what every baofs process of this state directory serves.
+pub async fn run_status(args: StatusArgs) -> Result<(), AppError> {
+    let reports = status::collect(&args.state_dir).await?;
+    let mut out = std::io::stdout().lock();
+    let text = if args.json {
+        serde_json::to_string_pretty(&reports).unwrap_or_default() + "\n"
+    } else {
+        status::render(&reports)
+    };
+    let _ = out.write_all(text.as_bytes());
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// baofs: OpenBao secrets as a live, read-only FUSE filesystem.
 #[derive(Debug, Parser)]
@@ -25,6 +25,10 @@ pub struct Cli {
 pub enum Command {
     /// Mount one secret volume described by a SecretProviderClass file, without Kubernetes.
     Mount(MountArgs),
+    /// Show every volume served by the baofs processes of this node (never a value).
+    Status(StatusArgs),
+    /// Serve the CSI node plugin to kubelet (drop-in for secrets-store.csi.k8s.io).
+    Csi(CsiArgs),
 }
 
 /// `baofs mount`.
@@ -66,6 +70,69 @@ pub struct MountArgs {
     /// How long to retry a failing OpenBao request (5xx, unreachable) before giving up.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub retry_deadline: Duration,
+}
+
+/// `baofs csi`. Flag names and defaults follow the upstream Secrets Store CSI Driver.
+#[derive(Debug, Args)]
+pub struct CsiArgs {
+    /// CSI endpoint: `unix:///path/to/csi.sock` (or a bare path). The socket gets mode 0600; a
+    /// stale socket there is replaced, anything else is an error.
+    #[arg(long, value_name = "ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// Node name reported by NodeGetInfo (the chart passes `spec.nodeName`).
+    #[arg(long, value_name = "NAME")]
+    pub nodeid: String,
+    /// CSI driver name: pods name it in `volumes[].csi.driver`.
+    #[arg(long, value_name = "NAME", default_value = "secrets-store.csi.k8s.io")]
+    pub drivername: String,
+    /// Refetch every volume's objects every --rotation-poll-interval (upstream default: false).
+    /// Accepts `--enable-secret-rotation`, `--enable-secret-rotation=true|false`.
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        default_value_t = false,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub enable_secret_rotation: bool,
+    /// How often to refetch when rotation is enabled (e.g. 500ms, 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub rotation_poll_interval: Duration,
+    /// Prometheus metrics address (accepted for compatibility; metrics are not served yet).
+    #[arg(long, value_name = "ADDR", default_value = ":8095")]
+    pub metrics_addr: String,
+    /// Read SecretProviderClasses from `DIR/<namespace>/<name>.yaml` instead of the Kubernetes
+    /// API (tests, orchestrators without Kubernetes).
+    #[arg(long, value_name = "DIR")]
+    pub spc_dir: Option<PathBuf>,
+    /// kubeconfig for the Kubernetes API (default: in-cluster config). Not used yet.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Directory for the FUSE hub mount and node-local state (no secret is ever written).
+    #[arg(long, value_name = "DIR", default_value = "/run/baofs")]
+    pub state_dir: PathBuf,
+    /// Largest value accepted for one object, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_object_size: usize,
+    /// Timeout of one OpenBao request.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// How long to retry a failing OpenBao request (5xx, unreachable) before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub retry_deadline: Duration,
+}
+
+/// `baofs status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// State directory of the driver(s) to ask.
+    #[arg(long, value_name = "DIR", default_value = "/run/baofs")]
+    pub state_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses Go-style durations: `500ms`, `30s`, `2m`, `1h`, `1m30s`, `1.5s`.
@@ -136,7 +203,9 @@ mod tests {
             "500ms",
         ])
         .expect("parses");
-        let Command::Mount(m) = cli.command;
+        let Command::Mount(m) = cli.command else {
+            panic!("expected mount");
+        };
         assert_eq!(m.rotation_poll_interval, Duration::from_millis(500));
         assert!(
             Cli::try_parse_from([
@@ -153,5 +222,53 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn cli_parses_csi_with_upstream_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["baofs", "csi", "--nodeid", "node-1"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Csi(a)) => Ok(a),
+                Ok(other) => panic!("parsed as {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let d = parse(&[]).expect("defaults");
+        assert_eq!(d.endpoint, "unix:///csi/csi.sock");
+        assert_eq!(d.drivername, "secrets-store.csi.k8s.io");
+        assert!(!d.enable_secret_rotation);
+        assert_eq!(d.rotation_poll_interval, Duration::from_secs(120));
+        assert_eq!(d.metrics_addr, ":8095");
+        assert_eq!(d.state_dir, PathBuf::from("/run/baofs"));
+        assert!(d.spc_dir.is_none());
+        for (flag, want) in [
+            ("--enable-secret-rotation=true", true),
+            ("--enable-secret-rotation=false", false),
+            ("--enable-secret-rotation", true),
+        ] {
+            assert_eq!(
+                parse(&[flag]).expect(flag).enable_secret_rotation,
+                want,
+                "{flag}"
+            );
+        }
+        let a = parse(&[
+            "--endpoint=unix:///tmp/x.sock",
+            "--rotation-poll-interval=500ms",
+            "--spc-dir",
+            "/spc",
+            "--metrics-addr=:9000",
+        ])
+        .expect("parses");
+        assert_eq!(a.endpoint, "unix:///tmp/x.sock");
+        assert_eq!(a.rotation_poll_interval, Duration::from_millis(500));
+        assert_eq!(a.spc_dir, Some(PathBuf::from("/spc")));
+        assert!(
+            Cli::try_parse_from(["baofs", "csi"]).is_err(),
+            "--nodeid is required"
+        );
+        assert!(parse(&["--enable-secret-rotation=maybe"]).is_err());
     }
 }

@@ -26,5 +26,6 @@ pub mod provider;
 pub mod publisher;
 pub mod secret;
 pub mod spc;
+pub mod status;
 pub mod telemetry;
 pub mod volume;

@@ -1,11 +1,11 @@
-//! `baofs` binary: parse the command line, set up logging, run.
+//! `baofs` binary: parse the command line, set up logging, run, report errors plainly.
+use std::process::ExitCode;
+
 use clap::Parser;
 
 use baofs::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    baofs::telemetry::init(&cli.log_level, cli.log_format_json);
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
@@ -13,6 +13,21 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Mount(args) => runtime.block_on(baofs::app::run_mount(args))?,
+        Command::Status(args) => runtime.block_on(baofs::app::run_status(args))?,
+        // The CSI server is being wired in; until then the subcommand says so.
+        Command::Csi(_) => anyhow::bail!("baofs csi: not available in this build yet"),
     }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    baofs::telemetry::init(&cli.log_level, cli.log_format_json);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baofs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
