@@ -234,47 +234,73 @@ impl Fs {
         }
     }
 
-    /// Resolves `name` in directory `parent` and records one kernel reference to the result.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
-        let name = name.to_str().ok_or(FsError::NotFound)?;
-        let child = if parent == ROOT_INO {
+    /// The inode `name` in directory `parent` names right now.
+    fn resolve(&self, parent: u64, name: &str) -> Result<Ino, FsError> {
+        if parent == ROOT_INO {
             let vol = self.cache.by_id(name).ok_or(FsError::NotFound)?;
-            Ino {
+            return Ok(Ino {
                 slot: vol.slot,
                 node: 0,
                 generation: 0,
-            }
-        } else {
-            let p = Ino::decode(parent).ok_or(FsError::Stale)?;
-            let vol = self.volume(p)?;
-            match vol.layout.node(p.node).map(|n| &n.kind) {
-                Some(NodeKind::Dir { .. }) => {}
-                Some(NodeKind::File { .. }) => return Err(FsError::NotDir),
-                None => return Err(FsError::Stale),
-            }
-            let idx = vol.layout.child(p.node, name).ok_or(FsError::NotFound)?;
-            let generation = match vol.layout.node(idx).map(|n| &n.kind) {
-                Some(NodeKind::File { .. }) => vol
-                    .snapshot()
-                    .version(idx)
-                    .map(|v| v.generation)
-                    .ok_or(FsError::NotFound)?,
-                _ => 0,
-            };
-            Ino {
-                slot: p.slot,
-                node: idx,
-                generation,
-            }
+            });
+        }
+        let p = Ino::decode(parent).ok_or(FsError::Stale)?;
+        let vol = self.volume(p)?;
+        match vol.layout.node(p.node).map(|n| &n.kind) {
+            Some(NodeKind::Dir { .. }) => {}
+            Some(NodeKind::File { .. }) => return Err(FsError::NotDir),
+            None => return Err(FsError::Stale),
+        }
+        let idx = vol.layout.child(p.node, name).ok_or(FsError::NotFound)?;
+        let generation = match vol.layout.node(idx).map(|n| &n.kind) {
+            Some(NodeKind::File { .. }) => vol
+                .snapshot()
+                .version(idx)
+                .map(|v| v.generation)
+                .ok_or(FsError::NotFound)?,
+            _ => 0,
         };
-        let (attr, value) = self.current_attr(child)?;
-        let mut live = self.live();
-        let entry = live.entry(child.encode()).or_insert_with(|| Live {
-            nlookup: 0,
-            file: value.map(|v| (v, attr)),
-        });
-        entry.nlookup += 1;
-        Ok(attr)
+        Ok(Ino {
+            slot: p.slot,
+            node: idx,
+            generation,
+        })
+    }
+
+    /// Resolves `name` in directory `parent` and records one kernel reference to the result.
+    ///
+    /// Race with a rotation: the poller swaps the snapshot, then asks `invalidations`, which
+    /// reads the recorded inodes. Here we record first, then re-check the snapshot. Both sides
+    /// take the `live` lock, so either the poller sees our record (and invalidates the name
+    /// after we reply: the kernel orders that after our lookup), or we see its new snapshot and
+    /// answer with the new version. Without the re-check, a lookup racing a rotation could pin
+    /// the old version for a whole entry TTL.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let child = self.resolve(parent, name)?;
+            let (attr, value) = match self.current_attr(child) {
+                // Rotated between resolve and here: resolve again.
+                Err(FsError::Stale) if child.generation != 0 && attempts < 100 => continue,
+                other => other?,
+            };
+            self.live()
+                .entry(child.encode())
+                .or_insert_with(|| Live {
+                    nlookup: 0,
+                    file: value.map(|v| (v, attr)),
+                })
+                .nlookup += 1;
+            if child.generation == 0 || attempts >= 100 {
+                return Ok(attr);
+            }
+            match self.resolve(parent, name) {
+                Ok(now) if now == child => return Ok(attr),
+                _ => self.forget(child.encode(), 1),
+            }
+        }
     }
 
     /// The kernel dropped `n` references to `ino`. At zero, an old version is released (and
