@@ -16,8 +16,9 @@ use crate::harness::{
 fn expect_failure(label: &str, opts: MountOpts, culprits: &[&str], secrets: &[&str]) -> String {
     let f = mount_expect_failure(label, opts);
     eprintln!(
-        "[{label}] exit {} stderr: {}",
+        "[{label}] exit {} after {:?}; stderr: {}",
         f.status,
+        f.took,
         f.stderr.trim_end()
     );
     assert!(

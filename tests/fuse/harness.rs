@@ -20,8 +20,11 @@ use serde_json::{Value, json};
 
 /// How long `baofs mount` may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `baofs` may take to exit after SIGTERM, or to fail on bad input.
+/// How long `baofs` may take to exit after SIGTERM.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `baofs` may take to fail on bad input (an unreachable OpenBao is retried for a
+/// while before giving up).
+pub const FAIL_TIMEOUT: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------------
 // Environment
@@ -178,7 +181,11 @@ impl TempDir {
         let base = std::env::temp_dir()
             .canonicalize()
             .expect("canonicalize temp dir");
-        let path = base.join(unique(&format!("baofs-{prefix}")));
+        let safe: String = prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = base.join(unique(&format!("baofs-{safe}")));
         std::fs::create_dir_all(&path).expect("create temp dir");
         Self { path }
     }
@@ -482,6 +489,8 @@ pub struct MountOpts {
     pub extra: Vec<String>,
     /// Override `--target` (default: a fresh `<dir>/target`).
     pub target: Option<PathBuf>,
+    /// Environment for the process (BAO_*/VAULT_* are otherwise removed).
+    pub env: Vec<(String, String)>,
 }
 
 impl MountOpts {
@@ -494,6 +503,7 @@ impl MountOpts {
             interval: Some("2m".to_string()),
             extra: Vec::new(),
             target: None,
+            env: Vec::new(),
         }
     }
 
@@ -516,6 +526,7 @@ struct Prepared {
     target: PathBuf,
     state: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 fn prepare(label: &str, opts: &MountOpts) -> Prepared {
@@ -555,14 +566,19 @@ fn prepare(label: &str, opts: &MountOpts) -> Prepared {
         target,
         state,
         args,
+        env: opts.env.clone(),
     }
 }
 
-fn spawn(args: &[String]) -> Child {
-    Command::new(baofs_bin())
-        .args(args)
-        .env_remove("BAO_TOKEN")
-        .env_remove("VAULT_TOKEN")
+fn spawn(p: &Prepared) -> Child {
+    let mut cmd = Command::new(baofs_bin());
+    cmd.args(&p.args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BAO_") || k.starts_with("VAULT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(p.env.iter().map(|(k, v)| (k, v)))
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -589,6 +605,16 @@ fn collect<R: Read + Send + 'static>(r: R) -> Arc<Mutex<String>> {
     buf
 }
 
+/// Waits (bounded) until the collector thread of `buf` has seen EOF, i.e. the process and
+/// everything holding its pipe has exited; returns the collected text.
+fn drained(buf: &Arc<Mutex<String>>, timeout: Duration) -> String {
+    let start = Instant::now();
+    while Arc::strong_count(buf) > 1 && start.elapsed() < timeout {
+        thread::sleep(Duration::from_millis(2));
+    }
+    buf.lock().expect("output buffer lock").clone()
+}
+
 /// A running `baofs mount`. Dropping it sends SIGTERM, waits, and lazily unmounts anything
 /// left (reporting it on stderr); call [`Mounted::stop`] in the test to assert a clean exit.
 pub struct Mounted {
@@ -613,7 +639,7 @@ impl Mounted {
     /// Like `start`, but returns the failure (after cleaning up) instead of panicking.
     pub fn try_start(opts: MountOpts) -> Result<Self, String> {
         let p = prepare("mnt", &opts);
-        let mut child = spawn(&p.args);
+        let mut child = spawn(&p);
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = collect(child.stderr.take().expect("stderr piped"));
         let (tx, rx) = mpsc::channel();
@@ -648,7 +674,7 @@ impl Mounted {
                 let status = m.child.as_mut().and_then(|c| wait_timeout(c, EXIT_TIMEOUT));
                 Err(format!(
                     "baofs exited ({status:?}) without printing {expected:?}; stderr:\n{}",
-                    m.stderr()
+                    drained(&m.stderr, EXIT_TIMEOUT)
                 ))
             }
         }
@@ -687,7 +713,7 @@ impl Mounted {
             let _ = child.wait();
         }
         let left = self.cleanup_mounts();
-        let stderr = self.stderr();
+        let stderr = drained(&self.stderr, EXIT_TIMEOUT);
         let status = status.unwrap_or_else(|| {
             panic!(
                 "baofs did not exit within {EXIT_TIMEOUT:?} after signal {sig}; stderr:\n{stderr}"
@@ -750,6 +776,8 @@ pub struct Failure {
     pub stderr: String,
     /// Everything on stdout.
     pub stdout: String,
+    /// How long the process ran.
+    pub took: Duration,
 }
 
 /// Runs `baofs mount` expecting it to fail: asserts a non-zero exit within [`EXIT_TIMEOUT`],
@@ -758,10 +786,12 @@ pub struct Failure {
 pub fn mount_expect_failure(label: &str, opts: MountOpts) -> Failure {
     let p = prepare(label, &opts);
     let before_at_target = mounts_under(&p.target).len();
-    let mut child = spawn(&p.args);
+    let mut child = spawn(&p);
     let stdout = collect(child.stdout.take().expect("stdout piped"));
     let stderr = collect(child.stderr.take().expect("stderr piped"));
-    let status = wait_timeout(&mut child, EXIT_TIMEOUT);
+    let started = Instant::now();
+    let status = wait_timeout(&mut child, FAIL_TIMEOUT);
+    let took = started.elapsed();
     if status.is_none() {
         signal(child.id(), libc::SIGTERM);
         if wait_timeout(&mut child, EXIT_TIMEOUT).is_none() {
@@ -770,15 +800,8 @@ pub fn mount_expect_failure(label: &str, opts: MountOpts) -> Failure {
         }
     }
     // The pipes close when the process (and any child holding them) exits.
-    let closed = Instant::now();
-    while Arc::strong_count(&stderr) > 1 || Arc::strong_count(&stdout) > 1 {
-        if closed.elapsed() > EXIT_TIMEOUT {
-            break;
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    let stderr = stderr.lock().expect("lock").clone();
-    let stdout = stdout.lock().expect("lock").clone();
+    let stderr = drained(&stderr, EXIT_TIMEOUT);
+    let stdout = drained(&stdout, EXIT_TIMEOUT);
     let mut left = force_unmount_under(&p.state);
     // The target may legitimately be a mount already (the "target already a mount" case):
     // only mounts added on top of what was there count, and only those are removed.
@@ -794,7 +817,7 @@ pub fn mount_expect_failure(label: &str, opts: MountOpts) -> Failure {
     }
     let procs = processes_mentioning(&p.dir.path().display().to_string());
     let status = status.unwrap_or_else(|| {
-        panic!("[{label}] baofs did not exit within {EXIT_TIMEOUT:?} (expected a failure); stdout:\n{stdout}\nstderr:\n{stderr}")
+        panic!("[{label}] baofs did not exit within {FAIL_TIMEOUT:?} (expected a failure); stdout:\n{stdout}\nstderr:\n{stderr}")
     });
     assert!(
         !status.success(),
@@ -820,6 +843,7 @@ pub fn mount_expect_failure(label: &str, opts: MountOpts) -> Failure {
         status,
         stderr,
         stdout,
+        took,
     }
 }
 

@@ -2,7 +2,7 @@
 //! including the seed harbor SecretProviderClass verbatim.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,25 +13,25 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Bao, Ctx, MountOpts, Mounted, mount_expect_failure, obj, setup, spc_yaml_with, unique,
+    Bao, Ctx, MountOpts, Mounted, TempDir, mount_expect_failure, obj, setup, spc_yaml_with, unique,
 };
 
 /// The audience our test roles bind and our tokens carry.
 const AUDIENCE: &str = "openbao";
 
-/// The RSA key pair the test "cluster" signs service-account tokens with (one per process).
+/// The RSA key pair the test "cluster" signs service-account tokens with (one per process),
+/// kept in memory; files exist only while `openssl` needs them.
 struct Keys {
-    private: PathBuf,
+    private_pem: String,
     public_pem: String,
 }
 
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(unique("baofs-jwt-keys"));
-        std::fs::create_dir_all(&dir).expect("create key dir");
-        let private = dir.join("sa.key");
-        let public = dir.join("sa.pub");
+        let dir = TempDir::new("jwt-keys");
+        let private = dir.path().join("sa.key");
+        let public = dir.path().join("sa.pub");
         run_openssl(&[
             "genpkey",
             "-algorithm",
@@ -49,10 +49,9 @@ fn keys() -> &'static Keys {
             "-out",
             path_str(&public),
         ]);
-        let public_pem = std::fs::read_to_string(&public).expect("read public key");
         Keys {
-            private,
-            public_pem,
+            private_pem: std::fs::read_to_string(&private).expect("read private key"),
+            public_pem: std::fs::read_to_string(&public).expect("read public key"),
         }
     })
 }
@@ -81,14 +80,10 @@ fn sign_jwt(claims: &Value) -> String {
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
+    let dir = TempDir::new("jwt-sign");
+    let key = dir.write("sa.key", &keys().private_pem);
     let mut child = Command::new("openssl")
-        .args([
-            "dgst",
-            "-sha256",
-            "-sign",
-            path_str(&keys().private),
-            "-binary",
-        ])
+        .args(["dgst", "-sha256", "-sign", path_str(&key), "-binary"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -276,16 +271,18 @@ fn jwt_login_at_custom_auth_mount() {
         &format!("secret/data/{name}"),
     );
     cx.bao.kv2_put(&name, json!({"token": "jwt-served"}));
-    let spc = spc_yaml_with(
-        &unique("jwt"),
-        &cx.bao.addr,
-        &role,
-        &[("vaultKubernetesMountPath", mount)],
-        &[obj("token", &format!("secret/data/{name}"), Some("token"))],
-    );
-    let m = Mounted::start(jwt_opts(&cx, spc, sa_token("apps", "web")));
-    assert_eq!(m.read_string("token"), "jwt-served");
-    m.stop();
+    for param in ["vaultKubernetesMountPath", "vaultAuthMountPath"] {
+        let spc = spc_yaml_with(
+            &unique("jwt"),
+            &cx.bao.addr,
+            &role,
+            &[(param, mount)],
+            &[obj("token", &format!("secret/data/{name}"), Some("token"))],
+        );
+        let m = Mounted::start(jwt_opts(&cx, spc, sa_token("apps", "web")));
+        assert_eq!(m.read_string("token"), "jwt-served", "with {param}");
+        m.stop();
+    }
 }
 
 #[test]

@@ -127,3 +127,36 @@ fn encodings_base64_hex_utf8() {
     );
     m.stop();
 }
+
+#[test]
+fn address_aliases_and_bao_token_env() {
+    let Some(cx) = setup() else { return };
+    let name = unique("alias");
+    cx.bao.kv2_put(&name, json!({"k": "aliased"}));
+    let path = format!("secret/data/{name}");
+    for param in ["baoAddress", "openbaoAddress"] {
+        let spc = spc_yaml(
+            &unique("alias"),
+            &cx.bao.addr,
+            "alias",
+            &[obj("k", &path, Some("k"))],
+        )
+        .replace("vaultAddress:", &format!("{param}:"));
+        let m = Mounted::start(MountOpts::new(&cx, spc));
+        assert_eq!(m.read_string("k"), "aliased", "with {param}");
+        m.stop();
+    }
+    // No --token-file: the token comes from $BAO_TOKEN.
+    let spc = spc_yaml(
+        &unique("envtok"),
+        &cx.bao.addr,
+        "alias",
+        &[obj("k", &path, Some("k"))],
+    );
+    let mut opts = MountOpts::new(&cx, spc);
+    opts.token = None;
+    opts.env = vec![("BAO_TOKEN".into(), cx.bao.token.clone())];
+    let m = Mounted::start(opts);
+    assert_eq!(m.read_string("k"), "aliased", "with BAO_TOKEN");
+    m.stop();
+}

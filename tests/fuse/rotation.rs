@@ -87,11 +87,15 @@ fn torn_value(n: u64) -> Vec<u8> {
     if n % 2 == 1 {
         vec![b'a' + (n / 2 % 26) as u8, b'0' + (n % 10) as u8]
     } else {
+        // Header, then a pseudo-random letter stream seeded by `n` (an LCG), so every byte
+        // range differs between versions.
         let mut v = format!("v{n:08}:").into_bytes();
-        let mut i = v.len() as u64;
+        let mut state = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         while v.len() < 5000 {
-            v.push(b'A' + ((i * 7 + n * 13) % 26) as u8);
-            i += 1;
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            v.push(b'A' + ((state >> 33) % 26) as u8);
         }
         v
     }
@@ -118,7 +122,7 @@ fn classify(bytes: &[u8]) -> Option<Seen> {
                 return None;
             }
             let n: u64 = std::str::from_utf8(&bytes[1..9]).ok()?.parse().ok()?;
-            (n % 2 == 0 && torn_value(n) == bytes).then_some(Seen::Long(n))
+            (n.is_multiple_of(2) && torn_value(n) == bytes).then_some(Seen::Long(n))
         }
         _ => None,
     }
@@ -248,4 +252,32 @@ fn no_torn_reads_under_fast_rotation() {
         versions.len()
     );
     m.stop();
+}
+
+/// The torn-read detector itself: mixes of two versions are rejected, each version accepted.
+#[test]
+fn classify_rejects_mixed_versions() {
+    for n in 1..600 {
+        let v = torn_value(n);
+        let want = if n % 2 == 1 {
+            v.len() == 2
+        } else {
+            v.len() == 5000
+        };
+        assert!(want, "version {n} has the wrong length");
+        assert!(classify(&v).is_some(), "version {n} not recognised");
+    }
+    let (a, b) = (torn_value(2), torn_value(4));
+    let mut mixed = a[..4096].to_vec();
+    mixed.extend_from_slice(&b[4096..]);
+    assert_eq!(classify(&mixed), None, "head of v2 + tail of v4");
+    let mut mixed = b[..4096].to_vec();
+    mixed.extend_from_slice(&a[4096..]);
+    assert_eq!(classify(&mixed), None, "head of v4 + tail of v2");
+    assert_eq!(classify(&a[..2]), None, "2-byte prefix of a long version");
+    let short = torn_value(3);
+    let mut mixed = short.clone();
+    mixed.extend_from_slice(&a[2..]);
+    assert_eq!(classify(&mixed), None, "short value + tail of a long one");
+    // (Two 2-byte values cannot be told apart from a third; a 2-byte read is one page anyway.)
 }

@@ -37,13 +37,6 @@ fn sigterm_unmounts_and_exits_zero() {
     let status = m.stop();
     assert_eq!(status.code(), Some(0));
     assert_unmounted(&target, &state);
-    assert!(
-        std::fs::read_dir(&target)
-            .expect("target dir readable after unmount")
-            .next()
-            .is_none(),
-        "target dir is not empty after unmount"
-    );
 }
 
 #[test]
