@@ -202,6 +202,28 @@ fn prepare_hub_dir(state_dir: &Path) -> Result<PathBuf, PublishError> {
     Ok(hub)
 }
 
+/// The volume's directory name in the hub: `<namespace>_<spc>_<volume id>`. It shows in
+/// `findmnt` / mountinfo as the bind mount's root (`baofs[/harbor_harbor-secrets_csi-…]`), so
+/// an operator sees which namespace and SPC a mount serves. Namespace and SPC names cannot
+/// contain `_`, so the name is unambiguous; it is cut to 255 bytes keeping the volume id whole.
+pub fn hub_name(spec: &VolumeSpec) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    let ns = clean(spec.spc.namespace.as_deref().unwrap_or("-"));
+    let max_spc = 255usize.saturating_sub(ns.len() + spec.id.len() + 2);
+    let spc: String = clean(&spec.spc.name).chars().take(max_spc).collect();
+    format!("{ns}_{spc}_{}", spec.id)
+}
+
 impl Publisher {
     /// Mounts the hub and returns a publisher with no volume.
     pub fn start(
@@ -355,20 +377,21 @@ impl Publisher {
                 return Err(e.into());
             }
         };
+        let name = hub_name(&spec);
         let layout = Layout::new(&spec.id, &spec.spc.objects);
-        let cached =
-            match layout.and_then(|l| self.cache.insert(&spec.id, l, spec.ownership, fetched)) {
-                Ok(c) => c,
-                Err(e) => {
-                    undo_create(created_target);
-                    return Err(e.into());
-                }
-            };
+        let cached = match layout.and_then(|l| self.cache.insert(&name, l, spec.ownership, fetched))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                undo_create(created_target);
+                return Err(e.into());
+            }
+        };
         if let Err(e) = self
-            .with_hub(|h| h.bind(&spec.id, target))
+            .with_hub(|h| h.bind(&name, target))
             .and_then(|r| r.map_err(PublishError::from))
         {
-            self.cache.remove(&spec.id);
+            self.cache.remove(&name);
             undo_create(created_target);
             return Err(e);
         }
@@ -436,8 +459,7 @@ impl Publisher {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let id = m.volume.spec.load().id.clone();
-        self.cache.remove(&id);
+        self.cache.remove(&m.volume.cached.id);
         if m.created_target {
             let _ = std::fs::remove_dir(&m.target);
         }
@@ -526,5 +548,42 @@ impl Publisher {
             }
             let _ = std::fs::remove_dir(&self.hub_dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretString;
+    use crate::spc::SecretProviderClass;
+    use crate::volume::{Credentials, Ownership, PodInfo};
+
+    fn spec(ns: Option<&str>, name: &str, id: &str) -> VolumeSpec {
+        let ns_line = ns.map(|n| format!("\n  namespace: {n}")).unwrap_or_default();
+        let yaml = format!(
+            "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata:\n  name: {name}{ns_line}\nspec:\n  provider: openbao\n  parameters:\n    roleName: r\n    objects: |\n      - objectName: a\n        secretPath: secret/data/a\n"
+        );
+        VolumeSpec {
+            id: id.into(),
+            spc: SecretProviderClass::from_yaml(&yaml).expect("spc"),
+            pod: PodInfo::default(),
+            credentials: Credentials::Token(SecretString::new("t".into())),
+            ownership: Ownership::default(),
+        }
+    }
+
+    #[test]
+    fn hub_name_names_namespace_spc_and_volume() {
+        assert_eq!(
+            hub_name(&spec(Some("harbor"), "harbor-secrets", "csi-abc")),
+            "harbor_harbor-secrets_csi-abc"
+        );
+        assert_eq!(hub_name(&spec(None, "x", "volume")), "-_x_volume");
+        let long = "s".repeat(253);
+        let id = format!("csi-{}", "f".repeat(64));
+        let name = hub_name(&spec(Some("ns"), &long, &id));
+        assert_eq!(name.len(), 255);
+        assert!(name.starts_with("ns_sss") && name.ends_with(&id));
+        assert!(crate::cache::valid_volume_id(&name));
     }
 }
