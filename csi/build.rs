@@ -19,6 +19,9 @@ fn main() -> io::Result<()> {
         .build_client(true)
         // The client connects with `tonic::transport::Endpoint` itself; no generated `connect`.
         .build_transport(false)
+        // RPCs a service does not override answer Unimplemented (a node-only driver serves a
+        // Controller service with ControllerGetCapabilities alone).
+        .generate_default_stubs(true)
         .skip_debug(SECRET_MESSAGES.iter().copied())
         .compile_fds(fds)
 }

@@ -9,15 +9,21 @@
 //!
 //! One module per stage: `volume` (spec), `provider` (OpenBao over HTTP), `cache` (values,
 //! atomic swaps), `fs` (filesystem logic, no FUSE), `fuse` (fuser adapter, mounts,
-//! invalidation), `poller` (rotation). `app` composes them; `cli` and `main` are the edge.
+//! invalidation), `poller` (rotation), `publisher` (publish/unpublish use cases). `app`
+//! composes `baofs mount`; `csi_app` composes `baofs csi` from `csi_server` (the gRPC edge:
+//! socket, Identity/Node services, the one error-to-code mapping) and `spc_source` (where a
+//! volume's SecretProviderClass comes from); `cli` and `main` are the edge.
 //!
-//! Rules: reqwest stays in `provider::openbao`, fuser in `fuse` (fs uses its value types only);
+//! Rules: reqwest stays in `provider::openbao`, fuser in `fuse` (fs uses its value types only),
+//! tonic in `csi_server` (generated code in the `baofs-csi` crate);
 //! secret bytes live only in `secret::SecretBytes`; the read path never waits on the network and
 //! takes no lock the poller holds.
 
 pub mod app;
 pub mod cache;
 pub mod cli;
+pub mod csi_app;
+pub mod csi_server;
 pub mod fs;
 pub mod fuse;
 pub mod hardening;
@@ -26,6 +32,7 @@ pub mod provider;
 pub mod publisher;
 pub mod secret;
 pub mod spc;
+pub mod spc_source;
 pub mod status;
 pub mod telemetry;
 pub mod volume;

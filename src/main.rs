@@ -14,8 +14,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount(args) => runtime.block_on(baofs::app::run_mount(args))?,
         Command::Status(args) => runtime.block_on(baofs::app::run_status(args))?,
-        // The CSI server is being wired in; until then the subcommand says so.
-        Command::Csi(_) => anyhow::bail!("baofs csi: not available in this build yet"),
+        Command::Csi(args) => runtime.block_on(baofs::csi_app::run_csi(args))?,
     }
     Ok(())
 }

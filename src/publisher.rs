@@ -559,7 +559,9 @@ mod tests {
     use crate::volume::{Credentials, Ownership, PodInfo};
 
     fn spec(ns: Option<&str>, name: &str, id: &str) -> VolumeSpec {
-        let ns_line = ns.map(|n| format!("\n  namespace: {n}")).unwrap_or_default();
+        let ns_line = ns
+            .map(|n| format!("\n  namespace: {n}"))
+            .unwrap_or_default();
         let yaml = format!(
             "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata:\n  name: {name}{ns_line}\nspec:\n  provider: openbao\n  parameters:\n    roleName: r\n    objects: |\n      - objectName: a\n        secretPath: secret/data/a\n"
         );

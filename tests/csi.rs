@@ -1,0 +1,1261 @@
+//! `baofs csi` end to end: a tonic CSI client over the Unix socket drives a real `baofs csi`
+//! process, which mounts real FUSE volumes with values from a real OpenBao dev server, logging
+//! in with service-account-shaped JWTs this test signs (OpenBao jwt auth at `kubernetes`, the
+//! SPC's default auth mount, trusting the test's public key).
+//!
+//! Run with `sudo scripts/test.sh` (it starts OpenBao and exports `BAOFS_TEST_BAO_ADDR` /
+//! `BAOFS_TEST_BAO_TOKEN`). Without them the tests fail; `BAOFS_SKIP_FUSE=1` skips them.
+//! Every wait polls an observable condition with a deadline; every driver is stopped and every
+//! mount removed, also when a test fails.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baofs_csi::v1::identity_client::IdentityClient;
+use baofs_csi::v1::node_client::NodeClient;
+use baofs_csi::v1::node_service_capability::{Type as CapType, rpc::Type as RpcType};
+use baofs_csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use baofs_csi::v1::{
+    GetPluginCapabilitiesRequest, GetPluginInfoRequest, NodeGetCapabilitiesRequest,
+    NodeGetInfoRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
+    NodeUnpublishVolumeRequest, ProbeRequest, VolumeCapability,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+const DRIVER: &str = "secrets-store.csi.k8s.io";
+const NODE_ID: &str = "csi-test-node";
+const AUDIENCE: &str = "openbao";
+const AUTH_MOUNT: &str = "kubernetes";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+// -------------------------------------------------------------------------------------------
+// Environment
+
+struct Ctx {
+    bao: Bao,
+}
+
+/// `None` only with `BAOFS_SKIP_FUSE=1`; otherwise a missing prerequisite fails the test.
+fn setup() -> Option<Ctx> {
+    if std::env::var("BAOFS_SKIP_FUSE").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: BAOFS_SKIP_FUSE=1 (CSI tests need FUSE and OpenBao)");
+        return None;
+    }
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    assert_eq!(
+        uid, 0,
+        "the CSI tests mount FUSE volumes and must run as root: run `sudo scripts/test.sh` \
+         (or set BAOFS_SKIP_FUSE=1 to skip them explicitly)"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing (modprobe fuse), or set BAOFS_SKIP_FUSE=1"
+    );
+    let addr = std::env::var("BAOFS_TEST_BAO_ADDR").unwrap_or_else(|_| {
+        panic!(
+            "BAOFS_TEST_BAO_ADDR is not set: run the tests with `scripts/test.sh` (it installs \
+             and starts OpenBao), or set BAOFS_SKIP_FUSE=1 to skip them"
+        )
+    });
+    let token = std::env::var("BAOFS_TEST_BAO_TOKEN")
+        .expect("BAOFS_TEST_BAO_TOKEN is not set: run the tests with `scripts/test.sh`");
+    Some(Ctx {
+        bao: Bao::new(&addr, &token),
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff)
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
+async fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// OpenBao
+
+#[derive(Clone)]
+struct Bao {
+    addr: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Bao {
+    fn new(addr: &str, token: &str) -> Self {
+        Self {
+            addr: addr.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}/v1/{path}", self.addr);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("X-Vault-Token", &self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e} (is OpenBao running?)"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = self.call(method.clone(), path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "OpenBao {method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    async fn kv2_put(&self, name: &str, data: Value) {
+        self.ok(
+            reqwest::Method::POST,
+            &format!("secret/data/{name}"),
+            Some(&json!({ "data": data })),
+        )
+        .await;
+    }
+
+    /// JWT auth at `kubernetes` trusting the test key. The key is added to the keys already
+    /// trusted, so other test binaries sharing this server keep working.
+    async fn ensure_jwt_auth(&self) {
+        static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        DONE.get_or_init(|| async {
+            let auths = self.ok(reqwest::Method::GET, "sys/auth", None).await;
+            let key = format!("{AUTH_MOUNT}/");
+            let existing = auths
+                .get("data")
+                .and_then(|d| d.get(&key))
+                .or(auths.get(&key));
+            match existing.and_then(|a| a.get("type")).and_then(Value::as_str) {
+                Some("jwt") => {}
+                Some(other) => panic!("auth mount {key} exists with type {other}, expected jwt"),
+                None => {
+                    self.ok(
+                        reqwest::Method::POST,
+                        &format!("sys/auth/{AUTH_MOUNT}"),
+                        Some(&json!({"type": "jwt"})),
+                    )
+                    .await;
+                }
+            }
+            let (_, config) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("auth/{AUTH_MOUNT}/config"),
+                    None,
+                )
+                .await;
+            let mut pubkeys: Vec<String> = config["data"]["jwt_validation_pubkeys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mine = keys().public_pem.trim().to_owned();
+            if !pubkeys.iter().any(|k| k.trim() == mine) {
+                pubkeys.push(mine);
+            }
+            self.ok(
+                reqwest::Method::POST,
+                &format!("auth/{AUTH_MOUNT}/config"),
+                Some(&json!({ "jwt_validation_pubkeys": pubkeys })),
+            )
+            .await;
+        })
+        .await;
+    }
+
+    /// Policy and role `role`: service account `namespace/sa` may read `paths`.
+    async fn role(&self, role: &str, namespace: &str, sa: &str, paths: &[String]) {
+        let policy: String = paths
+            .iter()
+            .map(|p| format!("path \"{p}\" {{ capabilities = [\"read\"] }}\n"))
+            .collect();
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{role}"),
+            Some(&json!({ "policy": policy })),
+        )
+        .await;
+        self.ok(
+            reqwest::Method::POST,
+            &format!("auth/{AUTH_MOUNT}/role/{role}"),
+            Some(&json!({
+                "role_type": "jwt",
+                "bound_audiences": [AUDIENCE],
+                "user_claim": "sub",
+                "bound_subject": format!("system:serviceaccount:{namespace}:{sa}"),
+                "token_policies": [role],
+                "token_ttl": "1h",
+            })),
+        )
+        .await;
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Service-account tokens signed with a test key (openssl CLI)
+
+struct Keys {
+    private_pem: String,
+    public_pem: String,
+}
+
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl (scripts/peers.sh installs it)");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let private = openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+            None,
+        );
+        let private_pem = String::from_utf8(private).unwrap();
+        let public = openssl(&["pkey", "-pubout"], Some(private_pem.as_bytes()));
+        Keys {
+            private_pem,
+            public_pem: String::from_utf8(public).unwrap(),
+        }
+    })
+}
+
+/// A Kubernetes service-account token (RS256) for `namespace/sa`, bound to `pod`.
+fn sa_token(namespace: &str, sa: &str, pod: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "aud": [AUDIENCE],
+        "exp": now + 3600,
+        "iat": now,
+        "nbf": now,
+        "jti": unique("jti"),
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "sub": format!("system:serviceaccount:{namespace}:{sa}"),
+        "kubernetes.io": {
+            "namespace": namespace,
+            "pod": {"name": pod, "uid": "0b9a2d6e-6f1c-4c3e-9a55-1f2e3d4c5b6a"},
+            "serviceaccount": {"name": sa, "uid": "6a1f0c47-3c4e-4d39-8d8e-6f1a2b3c4d5e"}
+        }
+    });
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "baofs-csi-test"});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let dir = TempDir::new("jwt");
+    let key = dir.path.join("sa.key");
+    std::fs::write(&key, &keys().private_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sig = openssl(
+        &["dgst", "-sha256", "-binary", "-sign", key.to_str().unwrap()],
+        Some(input.as_bytes()),
+    );
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+/// kubelet's `csi.storage.k8s.io/serviceAccount.tokens` for one token.
+fn tokens_json(audience: &str, token: &str) -> String {
+    json!({ audience: {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"} }).to_string()
+}
+
+// -------------------------------------------------------------------------------------------
+// Files, mounts
+
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir()
+            .canonicalize()
+            .unwrap()
+            .join(unique(&format!("bc-{prefix}")));
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if mounts_under(&self.path).is_empty() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Mount points (and fs types) under `dir` per /proc/self/mountinfo, deepest first.
+fn mounts_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut out: Vec<(PathBuf, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mp = PathBuf::from(unescape(pre.split(' ').nth(4)?));
+            let fstype = post.split(' ').next()?.to_owned();
+            mp.starts_with(dir).then_some((mp, fstype))
+        })
+        .collect();
+    out.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
+    out
+}
+
+fn is_mounted(path: &Path) -> bool {
+    mounts_under(path).iter().any(|(p, _)| p == path)
+}
+
+/// An SPC file for namespace `ns` under `spc_dir`.
+fn write_spc(spc_dir: &Path, ns: &str, name: &str, params: &[(&str, &str)], objects: &str) {
+    let mut yaml = format!(
+        "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata:\n  \
+         name: {name}\n  namespace: {ns}\nspec:\n  provider: openbao\n  parameters:\n"
+    );
+    for (k, v) in params {
+        yaml.push_str(&format!("    {k}: \"{v}\"\n"));
+    }
+    yaml.push_str("    objects: |\n");
+    for line in objects.lines() {
+        yaml.push_str(&format!("      {line}\n"));
+    }
+    let dir = spc_dir.join(ns);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.yaml")), yaml).unwrap();
+}
+
+// -------------------------------------------------------------------------------------------
+// The driver process
+
+struct Driver {
+    child: Option<Child>,
+    dir: TempDir,
+    socket: PathBuf,
+    spc_dir: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Driver {
+    /// Starts `baofs csi` with rotation every 300 ms and a short retry deadline, and waits
+    /// until Probe says ready.
+    async fn start(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let socket = dir.path.join("plugin/csi.sock");
+        let spc_dir = dir.path.join("spc");
+        std::fs::create_dir_all(&spc_dir).unwrap();
+        let stderr = dir.path.join("driver.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_baofs"))
+            .args([
+                "--log-level",
+                "baofs=debug,info",
+                "csi",
+                "--nodeid",
+                NODE_ID,
+            ])
+            .arg(format!("--endpoint=unix://{}", socket.display()))
+            .arg("--spc-dir")
+            .arg(&spc_dir)
+            .arg("--state-dir")
+            .arg(dir.path.join("state"))
+            .args([
+                "--enable-secret-rotation=true",
+                "--rotation-poll-interval=300ms",
+                "--retry-deadline=2s",
+                "--request-timeout=2s",
+            ])
+            .env_remove("BAO_ADDR")
+            .env_remove("VAULT_ADDR")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path.join("driver.out")).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn baofs csi");
+        let mut d = Driver {
+            child: Some(child),
+            dir,
+            socket,
+            spc_dir,
+            stderr,
+        };
+        d.wait_ready().await;
+        d
+    }
+
+    async fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("baofs csi exited early ({status}):\n{}", self.log());
+            }
+            if self.socket.exists() && self.probe_ready().await {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "baofs csi not ready within {DEADLINE:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn probe_ready(&self) -> bool {
+        let Ok(mut c) = self.identity().await else {
+            return false;
+        };
+        c.probe(ProbeRequest {})
+            .await
+            .is_ok_and(|r| r.into_inner().ready == Some(true))
+    }
+
+    async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        Endpoint::try_from(format!("unix://{}", self.socket.display()))?
+            .connect()
+            .await
+    }
+
+    async fn identity(&self) -> Result<IdentityClient<Channel>, tonic::transport::Error> {
+        Ok(IdentityClient::new(self.channel().await?))
+    }
+
+    async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel().await.unwrap())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// A kubelet-style target: the parent exists, `mount` does not.
+    fn target(&self, pod_uid: &str, volume: &str) -> PathBuf {
+        let parent = self
+            .dir
+            .path
+            .join(format!("pods/{pod_uid}/volumes/kubernetes.io~csi/{volume}"));
+        std::fs::create_dir_all(&parent).unwrap();
+        parent.join("mount")
+    }
+
+    /// SIGTERM, wait for a clean exit, check nothing is left mounted under the test dir.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        terminate(&mut child);
+        let status = wait_exit(&mut child, Duration::from_secs(20));
+        let log = self.log();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "baofs csi did not exit cleanly on SIGTERM ({status:?}):\n{log}"
+        );
+        let left = mounts_under(&self.dir.path);
+        assert!(left.is_empty(), "left mounted after shutdown: {left:?}");
+        assert!(!self.socket.exists(), "the socket was not removed");
+        log
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+fn wait_exit(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if start.elapsed() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Driver {
+    /// Best-effort cleanup when a test failed: stop the process, lazily unmount leftovers.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+            if wait_exit(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            eprintln!("--- baofs csi log ---\n{}", self.log());
+        }
+        for (mp, _) in mounts_under(&self.dir.path) {
+            let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Requests
+
+struct Pod {
+    namespace: String,
+    name: String,
+    uid: String,
+    sa: String,
+}
+
+impl Pod {
+    fn new(namespace: &str, sa: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: unique("web"),
+            uid: unique("uid"),
+            sa: sa.to_owned(),
+        }
+    }
+
+    fn token(&self) -> String {
+        sa_token(&self.namespace, &self.sa, &self.name)
+    }
+
+    /// kubelet's volume context for an inline volume with `podInfoOnMount` and
+    /// `tokenRequests: [{audience: openbao}]`.
+    fn context(&self, spc: &str, tokens: Option<String>) -> HashMap<String, String> {
+        let mut m: HashMap<String, String> = [
+            ("secretProviderClass", spc),
+            ("csi.storage.k8s.io/pod.name", &self.name),
+            ("csi.storage.k8s.io/pod.namespace", &self.namespace),
+            ("csi.storage.k8s.io/pod.uid", &self.uid),
+            ("csi.storage.k8s.io/serviceAccount.name", &self.sa),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        if let Some(t) = tokens {
+            m.insert("csi.storage.k8s.io/serviceAccount.tokens".into(), t);
+        }
+        m
+    }
+}
+
+fn volume_id() -> String {
+    format!(
+        "csi-{:064x}",
+        u128::from(rand_u64()) << 64 | u128::from(rand_u64())
+    )
+}
+
+fn rand_u64() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    N.fetch_add(nanos | 1, Ordering::Relaxed)
+        .wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+fn mount_capability(group: &str) -> Option<VolumeCapability> {
+    Some(VolumeCapability {
+        access_mode: Some(AccessMode {
+            mode: access_mode::Mode::SingleNodeWriter.into(),
+        }),
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: String::new(),
+            mount_flags: Vec::new(),
+            volume_mount_group: group.to_owned(),
+        })),
+    })
+}
+
+fn publish_request(
+    volume_id: &str,
+    target: &Path,
+    context: HashMap<String, String>,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: volume_id.to_owned(),
+        target_path: target.to_str().unwrap().to_owned(),
+        volume_capability: mount_capability(""),
+        readonly: true,
+        volume_context: context,
+        ..Default::default()
+    }
+}
+
+fn unpublish_request(volume_id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
+    NodeUnpublishVolumeRequest {
+        volume_id: volume_id.to_owned(),
+        target_path: target.to_str().unwrap().to_owned(),
+    }
+}
+
+/// Publishes, expecting `code`; checks the message contains every `needle`, and that nothing
+/// is mounted at (or left created at) the target.
+async fn expect_publish_error(
+    node: &mut NodeClient<Channel>,
+    req: NodePublishVolumeRequest,
+    code: Code,
+    needles: &[&str],
+) -> String {
+    let target = PathBuf::from(&req.target_path);
+    let status = node
+        .node_publish_volume(req)
+        .await
+        .expect_err("publish should fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    for n in needles {
+        assert!(
+            status.message().contains(n),
+            "message should contain '{n}': {}",
+            status.message()
+        );
+    }
+    if !target.as_os_str().is_empty() {
+        assert!(
+            !is_mounted(&target),
+            "{} is mounted after a failure",
+            target.display()
+        );
+        assert!(
+            !target.exists(),
+            "{} was left created after a failure",
+            target.display()
+        );
+    }
+    status.message().to_owned()
+}
+
+// -------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_node_info_and_capabilities() {
+    let Some(_cx) = setup() else { return };
+    let d = Driver::start("identity").await;
+
+    let meta = std::fs::symlink_metadata(&d.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket mode");
+
+    let mut id = d.identity().await.unwrap();
+    let info = id
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, DRIVER);
+    assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
+    let caps = id
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        caps.capabilities.is_empty(),
+        "no controller service: {caps:?}"
+    );
+    let probe = id.probe(ProbeRequest {}).await.unwrap().into_inner();
+    assert_eq!(probe.ready, Some(true));
+
+    let mut node = d.node().await;
+    let ni = node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ni.node_id, NODE_ID);
+    let nc = node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let rpcs: Vec<RpcType> = nc
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(CapType::Rpc(r)) => Some(r.r#type()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rpcs, [RpcType::VolumeMountGroup]);
+    let stage = node
+        .node_stage_volume(NodeStageVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(stage.code(), Code::Unimplemented);
+
+    // Unknown targets unpublish fine (idempotent).
+    let t = d.target("nobody", "v");
+    node.node_unpublish_volume(unpublish_request("csi-unknown", &t))
+        .await
+        .unwrap();
+    d.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_read_rotate_republish_unpublish() {
+    let Some(cx) = setup() else { return };
+    cx.bao.ensure_jwt_auth().await;
+    let ns = "shop";
+    let pod = Pod::new(ns, "web");
+    let (secret, other) = (unique("db"), unique("api"));
+    let role = unique("role");
+    cx.bao
+        .role(
+            &role,
+            ns,
+            "web",
+            &[
+                format!("secret/data/{secret}"),
+                format!("secret/data/{other}"),
+            ],
+        )
+        .await;
+    let password = unique("pw-v1");
+    cx.bao
+        .kv2_put(&secret, json!({"password": password, "user": "app"}))
+        .await;
+    cx.bao.kv2_put(&other, json!({"key": "api-key-1"})).await;
+
+    let d = Driver::start("flow").await;
+    let spc = "shop-secrets";
+    write_spc(
+        &d.spc_dir,
+        ns,
+        spc,
+        &[("vaultAddress", &cx.bao.addr), ("roleName", &role)],
+        &format!(
+            "- objectName: password\n  secretPath: secret/data/{secret}\n  secretKey: password\n\
+             - objectName: api/key\n  secretPath: secret/data/{other}\n  secretKey: key\n"
+        ),
+    );
+    let mut node = d.node().await;
+
+    // Publish with kubelet's ephemeral volume context, tokens in the volume context, fsGroup.
+    let vid = volume_id();
+    let target = d.target(&pod.uid, "secrets");
+    let token = pod.token();
+    let mut req = publish_request(
+        &vid,
+        &target,
+        pod.context(spc, Some(tokens_json(AUDIENCE, &token))),
+    );
+    req.volume_capability = mount_capability("4321");
+    node.node_publish_volume(req).await.unwrap();
+    assert!(is_mounted(&target), "target not mounted");
+    assert_eq!(
+        std::fs::read_to_string(target.join("password")).unwrap(),
+        password
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("api/key")).unwrap(),
+        "api-key-1"
+    );
+    let meta = std::fs::metadata(target.join("password")).unwrap();
+    assert_eq!(meta.gid(), 4321, "files are group-owned by the fsGroup");
+    assert_eq!(meta.uid(), 0);
+    let fstype = mounts_under(&target)
+        .into_iter()
+        .find(|(p, _)| p == &target)
+        .map(|(_, t)| t)
+        .unwrap();
+    assert_eq!(fstype, "fuse.baofs");
+
+    // Rotate in OpenBao: the next read sees it.
+    let rotated = unique("pw-v2");
+    cx.bao
+        .kv2_put(&secret, json!({"password": rotated, "user": "app"}))
+        .await;
+    eventually("the rotated value is visible", DEADLINE, || {
+        (std::fs::read_to_string(target.join("password")).ok()? == rotated).then_some(())
+    })
+    .await;
+
+    // Republish (requiresRepublish) with a fresh token, from the request's secrets this time
+    // (Kubernetes >= 1.35): OK, fast, still mounted, still the same values.
+    let mut req = publish_request(&vid, &target, pod.context(spc, None));
+    let token2 = pod.token();
+    req.secrets = [(
+        "csi.storage.k8s.io/serviceAccount.tokens".to_owned(),
+        tokens_json(AUDIENCE, &token2),
+    )]
+    .into();
+    req.volume_capability = mount_capability("4321");
+    let start = Instant::now();
+    node.node_publish_volume(req).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "republish took {:?}",
+        start.elapsed()
+    );
+    assert!(is_mounted(&target));
+    assert_eq!(
+        mounts_under(&target).len(),
+        1,
+        "republish must not stack mounts"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("password")).unwrap(),
+        rotated
+    );
+
+    // A republish never fails while the volume is served, even when its SPC is gone and the
+    // request carries no token: the last-known values and credentials stay.
+    let spc_file = d.spc_dir.join(ns).join(format!("{spc}.yaml"));
+    let spc_text = std::fs::read_to_string(&spc_file).unwrap();
+    std::fs::remove_file(&spc_file).unwrap();
+    node.node_publish_volume(publish_request(&vid, &target, pod.context(spc, None)))
+        .await
+        .unwrap();
+    assert!(is_mounted(&target));
+    assert_eq!(
+        std::fs::read_to_string(target.join("password")).unwrap(),
+        rotated
+    );
+    std::fs::write(&spc_file, spc_text).unwrap();
+
+    // Rotation keeps working after the republish.
+    let rotated3 = unique("pw-v3");
+    cx.bao
+        .kv2_put(&secret, json!({"password": rotated3, "user": "app"}))
+        .await;
+    eventually("rotation after republish", DEADLINE, || {
+        (std::fs::read_to_string(target.join("password")).ok()? == rotated3).then_some(())
+    })
+    .await;
+
+    // A different volume on the same target is refused, and the served volume is untouched.
+    expect_publish_error_keep_mount(&mut node, &vid, &target, &pod, spc, &token2).await;
+
+    // Several pods publish in parallel.
+    let pods: Vec<(String, PathBuf)> = (0..3)
+        .map(|i| (volume_id(), d.target(&unique("par"), &format!("s{i}"))))
+        .collect();
+    let mut calls = Vec::new();
+    for (v, t) in &pods {
+        let mut n = node.clone();
+        let req = publish_request(v, t, pod.context(spc, Some(tokens_json(AUDIENCE, &token2))));
+        calls.push(tokio::spawn(
+            async move { n.node_publish_volume(req).await },
+        ));
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    for (v, t) in &pods {
+        assert_eq!(
+            std::fs::read_to_string(t.join("password")).unwrap(),
+            rotated3
+        );
+        node.node_unpublish_volume(unpublish_request(v, t))
+            .await
+            .unwrap();
+        assert!(!is_mounted(t));
+    }
+
+    // Unpublish: nothing mounted, the target we created is gone, a second unpublish is OK.
+    node.node_unpublish_volume(unpublish_request(&vid, &target))
+        .await
+        .unwrap();
+    assert!(!is_mounted(&target), "still mounted after unpublish");
+    assert!(
+        !target.exists(),
+        "the target directory the driver created is left"
+    );
+    node.node_unpublish_volume(unpublish_request(&vid, &target))
+        .await
+        .unwrap();
+
+    let log = d.stop();
+    for (what, value) in [
+        ("token", &token),
+        ("second token", &token2),
+        ("secret", &password),
+        ("rotated secret", &rotated),
+        ("rotated secret", &rotated3),
+    ] {
+        assert!(
+            !log.contains(value.as_str()),
+            "the {what} appeared in the driver log"
+        );
+    }
+    assert!(log.contains("published"), "{log}");
+}
+
+/// A publish of another volume id on a mounted target: AlreadyExists, mount untouched.
+async fn expect_publish_error_keep_mount(
+    node: &mut NodeClient<Channel>,
+    vid: &str,
+    target: &Path,
+    pod: &Pod,
+    spc: &str,
+    token: &str,
+) {
+    let other = volume_id();
+    assert_ne!(other, vid);
+    let req = publish_request(
+        &other,
+        target,
+        pod.context(spc, Some(tokens_json(AUDIENCE, token))),
+    );
+    let status = node.node_publish_volume(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains(vid), "{}", status.message());
+    assert!(is_mounted(target));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_refused_with_upstream_messages() {
+    let Some(_cx) = setup() else { return };
+    let d = Driver::start("invalid").await;
+    let mut node = d.node().await;
+    let pod = Pod::new("apps", "web");
+    let ctx = || pod.context("some-spc", Some(tokens_json(AUDIENCE, "not-a-real-jwt")));
+    let target = d.target(&pod.uid, "v");
+
+    let mut r = publish_request("", &target, ctx());
+    r.volume_id.clear();
+    expect_publish_error(
+        &mut node,
+        r,
+        Code::InvalidArgument,
+        &["Volume ID missing in request"],
+    )
+    .await;
+
+    let mut r = publish_request(&volume_id(), &target, ctx());
+    r.target_path.clear();
+    expect_publish_error(
+        &mut node,
+        r,
+        Code::InvalidArgument,
+        &["Target path missing in request"],
+    )
+    .await;
+
+    let mut r = publish_request(&volume_id(), &target, ctx());
+    r.volume_capability = None;
+    expect_publish_error(
+        &mut node,
+        r,
+        Code::InvalidArgument,
+        &["Volume capability missing in request"],
+    )
+    .await;
+
+    let mut r = publish_request(&volume_id(), &target, ctx());
+    r.readonly = false;
+    expect_publish_error(
+        &mut node,
+        r,
+        Code::InvalidArgument,
+        &["Readonly is not true in request"],
+    )
+    .await;
+
+    let mut c = ctx();
+    c.remove("secretProviderClass");
+    let r = publish_request(&volume_id(), &target, c);
+    expect_publish_error(
+        &mut node,
+        r,
+        Code::InvalidArgument,
+        &["secretProviderClass is not set"],
+    )
+    .await;
+
+    let r = publish_request(&volume_id(), &target, ctx());
+    expect_publish_error(
+        &mut node,
+        r,
+        Code::NotFound,
+        &["failed to get secretproviderclass apps/some-spc"],
+    )
+    .await;
+
+    // Tokens that are not JSON: InvalidArgument, and the message does not quote them.
+    let mut c = ctx();
+    c.insert(
+        "csi.storage.k8s.io/serviceAccount.tokens".into(),
+        "{\"openbao\": \"LEAKED-IF-QUOTED\"}".into(),
+    );
+    write_spc(
+        &d.spc_dir,
+        "apps",
+        "some-spc",
+        &[("vaultAddress", "http://127.0.0.1:1"), ("roleName", "r")],
+        "- objectName: a\n  secretPath: secret/data/a\n  secretKey: k\n",
+    );
+    let msg = expect_publish_error(
+        &mut node,
+        publish_request(&volume_id(), &target, c),
+        Code::InvalidArgument,
+        &["csi.storage.k8s.io/serviceAccount.tokens"],
+    )
+    .await;
+    assert!(!msg.contains("LEAKED"), "{msg}");
+
+    // No token for the SPC's audience.
+    let c = pod.context("some-spc", Some(tokens_json("vault", "x")));
+    expect_publish_error(
+        &mut node,
+        publish_request(&volume_id(), &target, c),
+        Code::InvalidArgument,
+        &[
+            "no service-account token for audience 'openbao'",
+            "apps/some-spc",
+        ],
+    )
+    .await;
+
+    // An invalid SPC file: InvalidArgument naming the file.
+    let spc_file = d.spc_dir.join("apps/broken.yaml");
+    std::fs::write(&spc_file, "apiVersion: v1\nkind: ConfigMap\n").unwrap();
+    expect_publish_error(
+        &mut node,
+        publish_request(
+            &volume_id(),
+            &target,
+            pod.context("broken", Some(tokens_json(AUDIENCE, "x"))),
+        ),
+        Code::InvalidArgument,
+        &["broken.yaml"],
+    )
+    .await;
+
+    // Unpublish validation.
+    let e = node
+        .node_unpublish_volume(unpublish_request("", &target))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "Volume ID missing in request")
+    );
+    let mut r = unpublish_request("v", &target);
+    r.target_path.clear();
+    let e = node.node_unpublish_volume(r).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "Target path missing in request")
+    );
+
+    let log = d.stop();
+    assert!(
+        !log.contains("LEAKED-IF-QUOTED"),
+        "the tokens JSON reached the log"
+    );
+    assert!(
+        log.contains("failed to get secretproviderclass apps/some-spc"),
+        "errors returned to kubelet are logged:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_denied_and_unreachable_map_to_grpc_codes() {
+    let Some(cx) = setup() else { return };
+    cx.bao.ensure_jwt_auth().await;
+    let ns = "bank";
+    let pod = Pod::new(ns, "teller");
+    let (allowed, forbidden) = (unique("ok"), unique("forbidden"));
+    let role = unique("role");
+    cx.bao
+        .role(&role, ns, "teller", &[format!("secret/data/{allowed}")])
+        .await;
+    let forbidden_value = unique("vault-of-gold");
+    cx.bao
+        .kv2_put(&forbidden, json!({"k": forbidden_value}))
+        .await;
+
+    let d = Driver::start("bao-errors").await;
+    let mut node = d.node().await;
+    let token = pod.token();
+
+    // 403 on the read: PermissionDenied naming the SPC, object and path.
+    write_spc(
+        &d.spc_dir,
+        ns,
+        "denied",
+        &[("vaultAddress", &cx.bao.addr), ("roleName", &role)],
+        &format!("- objectName: gold\n  secretPath: secret/data/{forbidden}\n  secretKey: k\n"),
+    );
+    let target = d.target(&pod.uid, "denied");
+    expect_publish_error(
+        &mut node,
+        publish_request(
+            &volume_id(),
+            &target,
+            pod.context("denied", Some(tokens_json(AUDIENCE, &token))),
+        ),
+        Code::PermissionDenied,
+        &["bank/denied", "gold", &format!("secret/data/{forbidden}")],
+    )
+    .await;
+
+    // OpenBao unreachable (a closed loopback port): Unavailable after the retry deadline.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("http://127.0.0.1:{closed}");
+    write_spc(
+        &d.spc_dir,
+        ns,
+        "down",
+        &[("vaultAddress", &addr), ("roleName", &role)],
+        &format!("- objectName: a\n  secretPath: secret/data/{allowed}\n  secretKey: k\n"),
+    );
+    let target = d.target(&pod.uid, "down");
+    let start = Instant::now();
+    expect_publish_error(
+        &mut node,
+        publish_request(
+            &volume_id(),
+            &target,
+            pod.context("down", Some(tokens_json(AUDIENCE, &token))),
+        ),
+        Code::Unavailable,
+        &["bank/down", &addr],
+    )
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    let log = d.stop();
+    assert!(
+        !log.contains(&token),
+        "the token appeared in the driver log"
+    );
+    assert!(
+        !log.contains(&forbidden_value),
+        "a value appeared in the driver log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_refuses_bad_configuration() {
+    let Some(_cx) = setup() else { return };
+    let dir = TempDir::new("startup");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_baofs"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(dir.path.join("state"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let sock = format!("unix://{}/csi.sock", dir.path.display());
+    let err = run(&["csi", "--nodeid", "n", "--endpoint", &sock]);
+    assert!(
+        err.contains("--spc-dir") && err.contains("Kubernetes API is not built yet"),
+        "{err}"
+    );
+    // A regular file where the socket goes is never removed.
+    let file = dir.path.join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let spc_dir = dir.path.join("spc");
+    std::fs::create_dir_all(&spc_dir).unwrap();
+    let err = run(&[
+        "csi",
+        "--nodeid",
+        "n",
+        "--endpoint",
+        &format!("unix://{}", file.display()),
+        "--spc-dir",
+        spc_dir.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    assert!(
+        mounts_under(&dir.path).is_empty(),
+        "a failed start left a mount"
+    );
+}
