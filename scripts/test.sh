@@ -66,7 +66,7 @@ leftover_processes() {
     for p in /proc/[0-9]*; do
         cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
         case "$cmd" in
-        *baofs*" mount "*"$WORK/"*) echo "${p#/proc/}" ;;
+        *baofs*" mount "*"$WORK/"* | *baofs*" csi "*"$WORK/"*) echo "${p#/proc/}" ;;
         esac
     done
 }
@@ -124,6 +124,23 @@ TMPDIR="$WORK/tmp" cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$LOG
 rc=${PIPESTATUS[0]}
 elapsed=$((SECONDS - start))
 
+# --- csi-sanity (conformance of `baofs csi`, a real CSI client) ---------------------------------
+sanity_passed=0
+sanity_failed=0
+if [[ "$SKIP_FUSE" != 1 ]]; then
+    say "running csi-sanity against baofs csi"
+    SANITY_LOG="$WORK/logs/csi-sanity.log"
+    TMPDIR="$WORK/tmp" bash scripts/csi-sanity.sh 2>&1 | tee "$SANITY_LOG"
+    sanity_rc=${PIPESTATUS[0]}
+    read -r sanity_passed sanity_failed < <(awk '
+        /^csi-sanity: [0-9]+ passed, [0-9]+ failed/ { p = $2; f = $4 }
+        END { printf "%d %d\n", p, f }' "$SANITY_LOG")
+    if ((sanity_rc != 0)); then
+        rc=1
+        ((sanity_failed == 0)) && sanity_failed=1
+    fi
+fi
+
 peers_bao_stop
 safety_net
 
@@ -143,6 +160,9 @@ failed_names=$(grep -E '^test .* \.\.\. FAILED$' "$LOG" | sed -E 's/^test (.*) \
 echo
 echo "================================ baofs test summary ================================"
 echo "suites: $suites   passed: $passed   failed: $failed   ignored: $ignored   time: ${elapsed}s"
+echo "csi-sanity: $sanity_passed passed, $sanity_failed failed"
+passed=$((passed + sanity_passed))
+failed=$((failed + sanity_failed))
 if [[ "$SKIP_FUSE" == 1 ]]; then
     echo "NOTE: BAOFS_SKIP_FUSE=1 - the real-kernel FUSE tests returned early (counted as passed)"
 fi

@@ -19,7 +19,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::cli::{MountArgs, StatusArgs};
-use crate::provider::openbao::OpenBaoConfig;
 use crate::provider::{OpenBaoProvider, Provider, ProviderError};
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::secret::SecretString;
@@ -145,13 +144,7 @@ pub async fn run_mount(args: MountArgs) -> Result<(), AppError> {
     }
     // Every input is checked before anything is fetched or mounted.
     let spec = volume_spec(&args)?;
-    let config = OpenBaoConfig {
-        default_address: OpenBaoConfig::env_address(),
-        request_timeout: args.request_timeout,
-        retry_deadline: args.retry_deadline,
-        max_object_size: args.max_object_size,
-    };
-    let provider: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(config)?);
+    let provider: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(args.openbao.config())?);
     let mut signals = Signals::install()?;
     let publisher = Publisher::start(
         PublisherConfig {

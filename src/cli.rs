@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::provider::openbao::OpenBaoConfig;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// baofs: OpenBao secrets as a live, read-only FUSE filesystem.
@@ -61,15 +62,9 @@ pub struct MountArgs {
     /// Group of the files.
     #[arg(long, default_value_t = 0)]
     pub gid: u32,
-    /// Largest value accepted for one object, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
-    pub max_object_size: usize,
-    /// Timeout of one OpenBao request.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-    /// How long to retry a failing OpenBao request (5xx, unreachable) before giving up.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub retry_deadline: Duration,
+    /// How the OpenBao provider talks to OpenBao.
+    #[command(flatten)]
+    pub openbao: OpenBaoArgs,
 }
 
 /// `baofs csi`. Flag names and defaults follow the upstream Secrets Store CSI Driver.
@@ -113,15 +108,9 @@ pub struct CsiArgs {
     /// Directory for the FUSE hub mount and node-local state (no secret is ever written).
     #[arg(long, value_name = "DIR", default_value = "/run/baofs")]
     pub state_dir: PathBuf,
-    /// Largest value accepted for one object, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
-    pub max_object_size: usize,
-    /// Timeout of one OpenBao request.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-    /// How long to retry a failing OpenBao request (5xx, unreachable) before giving up.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub retry_deadline: Duration,
+    /// How the OpenBao provider talks to OpenBao.
+    #[command(flatten)]
+    pub openbao: OpenBaoArgs,
 }
 
 /// `baofs status`.
@@ -133,6 +122,32 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// OpenBao client settings shared by `mount` and `csi`.
+#[derive(Debug, Args)]
+pub struct OpenBaoArgs {
+    /// Largest value accepted for one object, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_object_size: usize,
+    /// Timeout of one OpenBao request.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// How long to retry a failing OpenBao request (5xx, unreachable) before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub retry_deadline: Duration,
+}
+
+impl OpenBaoArgs {
+    /// The provider configuration (address fallback from BAO_ADDR/VAULT_ADDR).
+    pub fn config(&self) -> OpenBaoConfig {
+        OpenBaoConfig {
+            default_address: OpenBaoConfig::env_address(),
+            request_timeout: self.request_timeout,
+            retry_deadline: self.retry_deadline,
+            max_object_size: self.max_object_size,
+        }
+    }
 }
 
 /// Parses Go-style durations: `500ms`, `30s`, `2m`, `1h`, `1m30s`, `1.5s`.

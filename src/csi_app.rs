@@ -17,7 +17,6 @@ use tracing::{info, warn};
 
 use crate::cli::CsiArgs;
 use crate::csi_server::{self, ServeConfig, SocketError};
-use crate::provider::openbao::OpenBaoConfig;
 use crate::provider::{OpenBaoProvider, Provider, ProviderError};
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::spc_source::{DirSpcSource, SpcSource};
@@ -89,14 +88,7 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
         metrics_addr = %args.metrics_addr,
         "metrics are not served yet; --metrics-addr is accepted for compatibility"
     );
-    let provider: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(OpenBaoConfig {
-        default_address: std::env::var("BAO_ADDR")
-            .or_else(|_| std::env::var("VAULT_ADDR"))
-            .ok(),
-        request_timeout: args.request_timeout,
-        retry_deadline: args.retry_deadline,
-        max_object_size: args.max_object_size,
-    })?);
+    let provider: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(args.openbao.config())?);
     let mut signals = Signals::install()?;
 
     // 2. The hub, then the socket.

@@ -332,9 +332,28 @@ impl Publisher {
                     volume: current.id.clone(),
                 });
             }
+            let next = if current.spc.objects == spec.spc.objects {
+                spec
+            } else {
+                // The files of a mounted volume are fixed at publish; a changed object list
+                // takes effect when the pod is recreated. Keep serving, with the fresh token.
+                warn!(
+                    volume = %spec.id,
+                    spc = %spec.spc_ref(),
+                    "SecretProviderClass objects changed since publish; keeping the published files (recreate the pod to apply)"
+                );
+                VolumeSpec {
+                    credentials: spec.credentials,
+                    ..(**current).clone()
+                }
+            };
             drop(current);
-            m.volume.spec.store(Arc::new(spec));
+            m.volume.spec.store(Arc::new(next));
             return Ok(Published::Republished);
+        }
+        let name = hub_name(&spec);
+        if !crate::cache::valid_volume_id(&name) {
+            return Err(CacheError::InvalidVolumeId(spec.id.clone()).into());
         }
         let invalid = |reason: String| PublishError::InvalidTarget {
             target: target.to_owned(),
@@ -377,7 +396,6 @@ impl Publisher {
                 return Err(e.into());
             }
         };
-        let name = hub_name(&spec);
         let layout = Layout::new(&spec.id, &spec.spc.objects);
         let cached = match layout.and_then(|l| self.cache.insert(&name, l, spec.ownership, fetched))
         {

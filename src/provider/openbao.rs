@@ -315,7 +315,12 @@ impl ProviderError {
 
     /// OpenBao denied access (HTTP 403, on login or read).
     pub fn is_permission_denied(&self) -> bool {
-        self.http_status() == Some(403)
+        match self {
+            // A refused login: OpenBao answers 400 when a JWT's claims do not match the role
+            // (wrong audience, subject, expired), 401/403 otherwise. All mean "not allowed".
+            ProviderError::Login { cause, .. } => matches!(cause.status(), Some(400 | 401 | 403)),
+            _ => self.http_status() == Some(403),
+        }
     }
 
     /// The secret, its version or the key does not exist.
