@@ -153,6 +153,7 @@ spec:
                     create_missing_targets: false,
                 },
                 provider,
+                Arc::new(baofs::observer::NoObserver),
             )
         })
         .unwrap();

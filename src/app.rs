@@ -154,6 +154,7 @@ pub async fn run_mount(args: MountArgs) -> Result<(), AppError> {
             create_missing_targets: false,
         },
         provider,
+        Arc::new(crate::observer::NoObserver),
     )?;
     // The same use case as CSI NodePublishVolume: nothing is left mounted if it fails.
     let published = tokio::select! {

@@ -103,6 +103,7 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
             create_missing_targets: true,
         },
         provider,
+        Arc::new(crate::observer::NoObserver),
     )?;
     let socket = match csi_server::bind_private(&socket_path) {
         Ok(s) => s,

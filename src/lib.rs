@@ -27,6 +27,7 @@ pub mod csi_server;
 pub mod fs;
 pub mod fuse;
 pub mod hardening;
+pub mod observer;
 pub mod poller;
 pub mod provider;
 pub mod publisher;

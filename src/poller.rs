@@ -11,6 +11,7 @@
 //! values keep being served and the poll is retried with backoff; nothing is ever unmounted by
 //! the poller. The poller holds no lock the read path needs.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -22,7 +23,9 @@ use tracing::{debug, info, warn};
 use crate::cache::{CacheError, CachedVolume, ChangeSet};
 use crate::fs::{Fs, Invalidation};
 use crate::fuse::InvalidatorHandle;
+use crate::observer::{ObjectValue, VolumeEvent, VolumeObserver, VolumeView};
 use crate::provider::{BoxFuture, Provider, ProviderError};
+use crate::spc::ObjectPath;
 use crate::volume::VolumeSpec;
 
 /// Where the poller sends kernel invalidations (the FUSE invalidator; a recorder in tests).
@@ -53,6 +56,7 @@ pub struct Poller {
     provider: Arc<dyn Provider>,
     fs: Arc<Fs>,
     notify: Arc<dyn Notify>,
+    observer: Arc<dyn VolumeObserver>,
     interval: Duration,
 }
 
@@ -82,12 +86,14 @@ impl Poller {
         provider: Arc<dyn Provider>,
         fs: Arc<Fs>,
         notify: Arc<dyn Notify>,
+        observer: Arc<dyn VolumeObserver>,
         interval: Duration,
     ) -> Self {
         Self {
             provider,
             fs,
             notify,
+            observer,
             interval,
         }
     }
@@ -132,10 +138,15 @@ impl Poller {
                     failures = 0;
                 }
                 Ok(changes) => {
-                    let objects: Vec<String> =
-                        changes.changed.iter().map(|c| c.path.to_string()).collect();
+                    let changed: Vec<ObjectPath> =
+                        changes.changed.iter().map(|c| c.path.clone()).collect();
+                    let objects: Vec<&str> = changed.iter().map(ObjectPath::as_str).collect();
                     info!(volume = %spec.id, spc = %spec.spc_ref(), ?objects, "rotated");
                     failures = 0;
+                    let view = volume.view();
+                    self.observer
+                        .observe(&view, VolumeEvent::Rotated { changed: &changed })
+                        .await;
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -146,6 +157,11 @@ impl Poller {
                         failures,
                         "poll failed; serving the last-known values"
                     );
+                    let error = e.to_string();
+                    let view = volume.view();
+                    self.observer
+                        .observe(&view, VolumeEvent::RotationFailed { error: &error })
+                        .await;
                 }
             }
         }
@@ -171,15 +187,18 @@ pub struct PolledVolume {
     pub spec: ArcSwap<VolumeSpec>,
     /// The cached values.
     pub cached: Arc<CachedVolume>,
+    /// Where the volume is mounted.
+    pub target: PathBuf,
     health: Mutex<PollHealth>,
 }
 
 impl PolledVolume {
     /// A volume whose first fetch just succeeded.
-    pub fn new(spec: VolumeSpec, cached: Arc<CachedVolume>) -> Self {
+    pub fn new(spec: VolumeSpec, cached: Arc<CachedVolume>, target: PathBuf) -> Self {
         Self {
             spec: ArcSwap::from_pointee(spec),
             cached,
+            target,
             health: Mutex::new(PollHealth {
                 last_success: Some(SystemTime::now()),
                 ..PollHealth::default()
@@ -199,6 +218,31 @@ impl PolledVolume {
                 h.last_error = Some(e.to_string());
                 h.failures = h.failures.saturating_add(1);
             }
+        }
+    }
+
+    /// The volume as it is served now (for observers).
+    pub fn view(&self) -> VolumeView {
+        let spec = self.spec.load_full();
+        let snap = self.cached.snapshot();
+        let objects = spec
+            .spc
+            .objects
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| {
+                let v = snap.version(self.cached.layout.object_node(i)?)?;
+                Some(ObjectValue {
+                    path: o.path.clone(),
+                    generation: v.generation,
+                    value: v.value.clone(),
+                })
+            })
+            .collect();
+        VolumeView {
+            spec,
+            target: self.target.clone(),
+            objects,
         }
     }
 

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::cache::{CacheError, Layout, SecretCache};
 use crate::fs::Fs;
 use crate::fuse::{self, FuseError, Hub, Unmounted};
+use crate::observer::{VolumeEvent, VolumeObserver};
 use crate::poller::{PollHealth, PolledVolume, Poller};
 use crate::provider::{Provider, ProviderError};
 use crate::volume::VolumeSpec;
@@ -38,6 +39,9 @@ pub struct PublisherConfig {
     /// Create a missing target directory (CSI) instead of refusing it (`baofs mount`).
     pub create_missing_targets: bool,
 }
+
+/// The stages after the cache: who hears about publishes, rotations and unpublishes.
+pub type Observer = Arc<dyn VolumeObserver>;
 
 /// Result of a successful publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +147,7 @@ pub struct VolumeStatus {
 pub struct Publisher {
     config: PublisherConfig,
     provider: Arc<dyn Provider>,
+    observer: Observer,
     cache: Arc<SecretCache>,
     fs: Arc<Fs>,
     hub: Mutex<Option<Hub>>,
@@ -229,6 +234,7 @@ impl Publisher {
     pub fn start(
         config: PublisherConfig,
         provider: Arc<dyn Provider>,
+        observer: Observer,
     ) -> Result<Arc<Self>, PublishError> {
         let cache = Arc::new(SecretCache::new());
         let fs = Arc::new(Fs::new(Arc::clone(&cache)));
@@ -245,12 +251,14 @@ impl Publisher {
                 Arc::clone(&provider),
                 Arc::clone(&fs),
                 Arc::new(hub.invalidator()),
+                Arc::clone(&observer),
                 interval,
             ))
         });
         Ok(Arc::new(Self {
             config,
             provider,
+            observer,
             cache,
             fs,
             hub: Mutex::new(Some(hub)),
@@ -421,7 +429,10 @@ impl Publisher {
             "published"
         );
 
-        let volume = Arc::new(PolledVolume::new(spec, cached));
+        let volume = Arc::new(PolledVolume::new(spec, cached, target.to_owned()));
+        self.observer
+            .observe(&volume.view(), VolumeEvent::Published)
+            .await;
         let (stop, stop_rx) = watch::channel(false);
         let task = self.poller.as_ref().map(|p| {
             let (p, v) = (Arc::clone(p), Arc::clone(&volume));
@@ -477,6 +488,9 @@ impl Publisher {
         if let Some(task) = task {
             let _ = task.await;
         }
+        self.observer
+            .observe(&m.volume.view(), VolumeEvent::Unpublished)
+            .await;
         self.cache.remove(&m.volume.cached.id);
         if m.created_target {
             let _ = std::fs::remove_dir(&m.target);

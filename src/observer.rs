@@ -1,0 +1,76 @@
+//! The last stage of the data flow: what happens after a volume's values changed.
+//!
+//! ```text
+//! poller ─> provider ─> cache swap ─> kernel invalidation ─> observer (Secret sync, pod status, events, metrics)
+//! ```
+//!
+//! The publisher reports publishes and unpublishes, the poller reports rotations and failed
+//! polls. An observer runs after the new values are already served: a slow or failing observer
+//! (an API server that is down) never delays or breaks a read, it only delays that volume's next
+//! poll. Observers get the values (for Secret sync) as `SecretBytes`, whose `Debug` is redacted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::provider::BoxFuture;
+use crate::secret::SecretBytes;
+use crate::spc::ObjectPath;
+use crate::volume::VolumeSpec;
+
+/// One object of a volume as it is served now.
+#[derive(Debug, Clone)]
+pub struct ObjectValue {
+    /// `objectName`.
+    pub path: ObjectPath,
+    /// Content generation (1 at publish, +1 per change).
+    pub generation: u32,
+    /// The value.
+    pub value: SecretBytes,
+}
+
+/// A volume as it is served now.
+#[derive(Debug, Clone)]
+pub struct VolumeView {
+    /// The spec (SPC, pod, credentials).
+    pub spec: Arc<VolumeSpec>,
+    /// Where it is mounted.
+    pub target: PathBuf,
+    /// Every object, in the SPC's order.
+    pub objects: Vec<ObjectValue>,
+}
+
+/// What happened to a volume.
+#[derive(Debug, Clone, Copy)]
+pub enum VolumeEvent<'a> {
+    /// First publish succeeded: the volume is mounted and readable.
+    Published,
+    /// A poll changed these objects; new opens already see them.
+    Rotated {
+        /// The objects with a new version.
+        changed: &'a [ObjectPath],
+    },
+    /// A poll failed; the last-known values are still served.
+    RotationFailed {
+        /// The error (never contains a value).
+        error: &'a str,
+    },
+    /// The volume was unpublished.
+    Unpublished,
+}
+
+/// Reacts to volume events (Kubernetes Secret sync, SecretProviderClassPodStatus, pod events,
+/// metrics). Implementations log their own failures; nothing here can fail a publish or a poll.
+pub trait VolumeObserver: Send + Sync {
+    /// Called after `event` happened to `view`'s volume.
+    fn observe<'a>(&'a self, view: &'a VolumeView, event: VolumeEvent<'a>) -> BoxFuture<'a, ()>;
+}
+
+/// An observer that does nothing (`baofs mount`, CSI without Kubernetes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl VolumeObserver for NoObserver {
+    fn observe<'a>(&'a self, _: &'a VolumeView, _: VolumeEvent<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
