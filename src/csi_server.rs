@@ -29,6 +29,7 @@ use baofs_csi::v1::node_server::NodeServer;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::{info, warn};
 
+use crate::observer::CallObserver;
 use crate::publisher::Publisher;
 use crate::spc_source::SpcSource;
 
@@ -226,6 +227,7 @@ pub async fn serve(
     config: ServeConfig,
     publisher: Arc<Publisher>,
     spcs: Arc<dyn SpcSource>,
+    calls: Arc<dyn CallObserver>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SocketError> {
     let listener = socket
@@ -243,7 +245,7 @@ pub async fn serve(
         config.version,
         Arc::clone(&ready),
     );
-    let node = NodeService::new(config.node_id.clone(), publisher, spcs);
+    let node = NodeService::new(config.node_id.clone(), publisher, spcs, calls);
     let server = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_service(NodeServer::new(node))

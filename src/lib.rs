@@ -12,10 +12,13 @@
 //! invalidation), `poller` (rotation), `publisher` (publish/unpublish use cases). `app`
 //! composes `baofs mount`; `csi_app` composes `baofs csi` from `csi_server` (the gRPC edge:
 //! socket, Identity/Node services, the one error-to-code mapping) and `spc_source` (where a
-//! volume's SecretProviderClass comes from); `cli` and `main` are the edge.
+//! volume's SecretProviderClass comes from); `k8s` is the Kubernetes side (SPCs from the API,
+//! pod status, events, the observer), `syncer` writes synced Secrets, `metrics` serves
+//! Prometheus metrics; `cli` and `main` are the edge.
 //!
 //! Rules: reqwest stays in `provider::openbao`, fuser in `fuse` (fs uses its value types only),
-//! tonic in `csi_server` (generated code in the `baofs-csi` crate);
+//! tonic in `csi_server` (generated code in the `baofs-csi` crate), kube and k8s-openapi in
+//! `k8s`, `syncer` and `csi_app`;
 //! secret bytes live only in `secret::SecretBytes`; the read path never waits on the network and
 //! takes no lock the poller holds.
 
@@ -27,6 +30,8 @@ pub mod csi_server;
 pub mod fs;
 pub mod fuse;
 pub mod hardening;
+pub mod k8s;
+pub mod metrics;
 pub mod observer;
 pub mod poller;
 pub mod provider;
@@ -35,5 +40,6 @@ pub mod secret;
 pub mod spc;
 pub mod spc_source;
 pub mod status;
+pub mod syncer;
 pub mod telemetry;
 pub mod volume;

@@ -11,11 +11,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::provider::BoxFuture;
 use crate::secret::SecretBytes;
 use crate::spc::ObjectPath;
-use crate::volume::VolumeSpec;
+use crate::volume::{PodInfo, VolumeSpec};
 
 /// One object of a volume as it is served now.
 #[derive(Debug, Clone)]
@@ -48,11 +49,20 @@ pub enum VolumeEvent<'a> {
     Rotated {
         /// The objects with a new version.
         changed: &'a [ObjectPath],
+        /// How long the poll took (fetch, swap, invalidation).
+        elapsed: Duration,
+    },
+    /// A poll found nothing new.
+    Unchanged {
+        /// How long the poll took.
+        elapsed: Duration,
     },
     /// A poll failed; the last-known values are still served.
     RotationFailed {
         /// The error (never contains a value).
         error: &'a str,
+        /// How long the poll took.
+        elapsed: Duration,
     },
     /// The volume was unpublished.
     Unpublished,
@@ -73,4 +83,40 @@ impl VolumeObserver for NoObserver {
     fn observe<'a>(&'a self, _: &'a VolumeView, _: VolumeEvent<'a>) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+}
+
+/// Why a CSI call failed, for metrics (`error_type`) and pod events (`message`).
+#[derive(Debug, Clone, Copy)]
+pub struct CallError<'a> {
+    /// A stable reason (upstream's `error_type` values where one fits).
+    pub error_type: &'static str,
+    /// The message kubelet got (never contains a value or token).
+    pub message: &'a str,
+}
+
+/// What a NodePublishVolume call ended with.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishReport<'a> {
+    /// The pod, as far as the volume context named it.
+    pub pod: &'a PodInfo,
+    /// The SPC's `spec.provider`, once the SPC was read.
+    pub provider: Option<&'a str>,
+    /// `None` on success.
+    pub error: Option<CallError<'a>>,
+}
+
+/// Hears about CSI node calls (metrics, a FailedToMount event on the pod). Implementations log
+/// their own failures; nothing here can change the call's answer.
+pub trait CallObserver: Send + Sync {
+    /// A NodePublishVolume call ended.
+    fn publish_done<'a>(&'a self, report: PublishReport<'a>) -> BoxFuture<'a, ()>;
+    /// A NodeUnpublishVolume call ended (`ok`: it succeeded).
+    fn unpublish_done(&self, ok: bool);
+}
+
+impl CallObserver for NoObserver {
+    fn publish_done<'a>(&'a self, _: PublishReport<'a>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    fn unpublish_done(&self, _: bool) {}
 }

@@ -10,6 +10,11 @@
 //! complete: from that moment every new open sees the new version. On failure the last-known
 //! values keep being served and the poll is retried with backoff; nothing is ever unmounted by
 //! the poller. The poller holds no lock the read path needs.
+//!
+//! A fetch may ask for an earlier poll (`FetchedObject::refresh_at`: a dynamic secret's lease
+//! to renew at two thirds of it, or to re-issue); the next poll then comes at that time if it is
+//! before the regular one. Renewed or re-issued values go through `CachedVolume::replace` like
+//! any other: an unchanged value keeps its inode, a re-issued one is a new version.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,7 +29,7 @@ use crate::cache::{CacheError, CachedVolume, ChangeSet};
 use crate::fs::{Fs, Invalidation};
 use crate::fuse::InvalidatorHandle;
 use crate::observer::{ObjectValue, VolumeEvent, VolumeObserver, VolumeView};
-use crate::provider::{BoxFuture, Provider, ProviderError};
+use crate::provider::{BoxFuture, FetchedObject, Provider, ProviderError};
 use crate::spc::ObjectPath;
 use crate::volume::VolumeSpec;
 
@@ -68,6 +73,14 @@ impl std::fmt::Debug for Poller {
     }
 }
 
+/// Shortest wait before a poll asked for by a refresh deadline (already due ones included).
+const MIN_REFRESH_WAIT: Duration = Duration::from_millis(100);
+
+/// The earliest refresh deadline of a fetch.
+pub fn earliest_refresh(fetched: &[FetchedObject]) -> Option<SystemTime> {
+    fetched.iter().filter_map(|o| o.refresh_at).min()
+}
+
 /// A duration within ±10 % of `base`, from a cheap per-call seed.
 fn jittered(base: Duration) -> Duration {
     let nanos = SystemTime::now()
@@ -105,13 +118,23 @@ impl Poller {
         spec: &VolumeSpec,
         volume: &CachedVolume,
     ) -> Result<ChangeSet, PollError> {
+        self.poll_refresh(spec, volume).await.map(|(c, _)| c)
+    }
+
+    /// `poll_once`, also returning the earliest refresh deadline the provider asked for.
+    async fn poll_refresh(
+        &self,
+        spec: &VolumeSpec,
+        volume: &CachedVolume,
+    ) -> Result<(ChangeSet, Option<SystemTime>), PollError> {
         let fetched = self.provider.fetch(spec).await?;
+        let refresh = earliest_refresh(&fetched);
         let changes = volume.replace(fetched)?;
         if !changes.is_empty() {
             let items = self.fs.invalidations(&changes);
             self.notify.invalidate(items).await;
         }
-        Ok(changes)
+        Ok((changes, refresh))
     }
 
     /// Polls `volume` until `stop` turns true, recording each outcome in `volume.health`.
@@ -119,7 +142,15 @@ impl Poller {
         let mut failures: u32 = 0;
         loop {
             let wait = if failures == 0 {
-                jittered(self.interval)
+                let regular = jittered(self.interval);
+                match volume.refresh_at() {
+                    Some(at) => regular.min(
+                        at.duration_since(SystemTime::now())
+                            .unwrap_or(Duration::ZERO)
+                            .max(MIN_REFRESH_WAIT),
+                    ),
+                    None => regular,
+                }
             } else {
                 // 1 s, 2 s, 4 s ... but never slower than the normal interval.
                 let backoff = Duration::from_secs(1) * 2u32.saturating_pow(failures - 1).min(64);
@@ -130,12 +161,23 @@ impl Poller {
                 _ = stop.wait_for(|s| *s) => return,
             }
             let spec = volume.spec.load_full();
-            let result = self.poll_once(&spec, &volume.cached).await;
+            let started = std::time::Instant::now();
+            let result =
+                self.poll_refresh(&spec, &volume.cached)
+                    .await
+                    .map(|(changes, refresh)| {
+                        volume.set_refresh_at(refresh);
+                        changes
+                    });
+            let elapsed = started.elapsed();
             volume.record(&result);
             match result {
                 Ok(changes) if changes.is_empty() => {
                     debug!(volume = %spec.id, spc = %spec.spc_ref(), "poll: no change");
                     failures = 0;
+                    self.observer
+                        .observe(&volume.view(), VolumeEvent::Unchanged { elapsed })
+                        .await;
                 }
                 Ok(changes) => {
                     let changed: Vec<ObjectPath> =
@@ -145,7 +187,13 @@ impl Poller {
                     failures = 0;
                     let view = volume.view();
                     self.observer
-                        .observe(&view, VolumeEvent::Rotated { changed: &changed })
+                        .observe(
+                            &view,
+                            VolumeEvent::Rotated {
+                                changed: &changed,
+                                elapsed,
+                            },
+                        )
                         .await;
                 }
                 Err(e) => {
@@ -160,7 +208,13 @@ impl Poller {
                     let error = e.to_string();
                     let view = volume.view();
                     self.observer
-                        .observe(&view, VolumeEvent::RotationFailed { error: &error })
+                        .observe(
+                            &view,
+                            VolumeEvent::RotationFailed {
+                                error: &error,
+                                elapsed,
+                            },
+                        )
                         .await;
                 }
             }
@@ -190,6 +244,8 @@ pub struct PolledVolume {
     /// Where the volume is mounted.
     pub target: PathBuf,
     health: Mutex<PollHealth>,
+    /// When the provider wants the next poll, if earlier than the interval.
+    refresh_at: Mutex<Option<SystemTime>>,
 }
 
 impl PolledVolume {
@@ -203,7 +259,18 @@ impl PolledVolume {
                 last_success: Some(SystemTime::now()),
                 ..PollHealth::default()
             }),
+            refresh_at: Mutex::new(None),
         }
+    }
+
+    /// Records when the provider wants the next poll (from the last successful fetch).
+    pub fn set_refresh_at(&self, at: Option<SystemTime>) {
+        *self.refresh_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    /// When the provider wants the next poll, if it asked for one.
+    pub fn refresh_at(&self) -> Option<SystemTime> {
+        *self.refresh_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn record(&self, result: &Result<ChangeSet, PollError>) {

@@ -3,6 +3,7 @@
 //! ```text
 //! publish(spec, target):  target checks ─> provider.fetch ─> cache.insert ─> hub.bind ─> poller
 //! unpublish(target):      stop poller ─> hub.unbind (lazy if busy) ─> cache.remove (wiped on forget)
+//!                         ─> provider.release (dynamic secrets' leases revoked)
 //! ```
 //!
 //! The publisher owns the process's one FUSE hub, the cache and the per-volume pollers. Calls
@@ -23,7 +24,7 @@ use crate::cache::{CacheError, Layout, SecretCache};
 use crate::fs::Fs;
 use crate::fuse::{self, FuseError, Hub, Unmounted};
 use crate::observer::{VolumeEvent, VolumeObserver};
-use crate::poller::{PollHealth, PolledVolume, Poller};
+use crate::poller::{PollHealth, PolledVolume, Poller, earliest_refresh};
 use crate::provider::{Provider, ProviderError};
 use crate::volume::VolumeSpec;
 
@@ -166,11 +167,17 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-/// Removes hub directories left by baofs processes that died without cleaning up.
+/// Cleans up after baofs processes of this state directory that died without unmounting
+/// (SIGKILL, crash): their FUSE connection is gone, so their hub and every target bound from it
+/// answer ENOTCONN ("Transport endpoint is not connected"). Each such target is detached
+/// (lazily: never blocks on a busy mount) and logged with its path, which names the pod; then the
+/// hub goes. Mounts of live processes are never touched: a target is matched to a dead hub by
+/// the device number all bind mounts of one connection share.
 fn clean_stale_hubs(state_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(state_dir) else {
         return;
     };
+    let mounts = fuse::mount::mounts().unwrap_or_default();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hub-")) else {
@@ -179,7 +186,30 @@ fn clean_stale_hubs(state_dir: &Path) {
         if Path::new("/proc").join(pid).exists() {
             continue;
         }
-        let path = entry.path();
+        let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
+        if let Some(hub) = mounts
+            .iter()
+            .find(|m| m.mount_point == path && m.fstype.starts_with("fuse.baofs"))
+        {
+            for m in mounts
+                .iter()
+                .filter(|m| m.dev == hub.dev && m.mount_point != path)
+            {
+                match fuse::mount::unmount(&m.mount_point) {
+                    Ok(how) => warn!(
+                        target = %m.mount_point.display(),
+                        volume = %m.root,
+                        ?how,
+                        "detached a volume of a dead baofs process (its reads failed with ENOTCONN)"
+                    ),
+                    Err(e) => warn!(
+                        target = %m.mount_point.display(),
+                        error = %e,
+                        "cannot detach a volume of a dead baofs process"
+                    ),
+                }
+            }
+        }
         match fuse::mount::unmount(&path) {
             Ok(Unmounted::NotMounted) => {}
             Ok(how) => warn!(hub = %path.display(), ?how, "unmounted the hub of a dead process"),
@@ -400,15 +430,18 @@ impl Publisher {
         let fetched = match self.provider.fetch(&spec).await {
             Ok(f) => f,
             Err(e) => {
+                self.release_unpublished(&spec).await;
                 undo_create(created_target);
                 return Err(e.into());
             }
         };
+        let refresh_at = earliest_refresh(&fetched);
         let layout = Layout::new(&spec.id, &spec.spc.objects);
         let cached = match layout.and_then(|l| self.cache.insert(&name, l, spec.ownership, fetched))
         {
             Ok(c) => c,
             Err(e) => {
+                self.release_unpublished(&spec).await;
                 undo_create(created_target);
                 return Err(e.into());
             }
@@ -418,6 +451,7 @@ impl Publisher {
             .and_then(|r| r.map_err(PublishError::from))
         {
             self.cache.remove(&name);
+            self.release_unpublished(&spec).await;
             undo_create(created_target);
             return Err(e);
         }
@@ -430,6 +464,7 @@ impl Publisher {
         );
 
         let volume = Arc::new(PolledVolume::new(spec, cached, target.to_owned()));
+        volume.set_refresh_at(refresh_at);
         self.observer
             .observe(&volume.view(), VolumeEvent::Published)
             .await;
@@ -494,6 +529,22 @@ impl Publisher {
         self.cache.remove(&m.volume.cached.id);
         if m.created_target {
             let _ = std::fs::remove_dir(&m.target);
+        }
+        // After the poller stopped, so nothing renews or re-issues behind the revocation.
+        self.provider.release(&m.volume.spec.load_full()).await;
+    }
+
+    /// After a failed publish: releases what the fetch may have issued (dynamic secrets'
+    /// leases), unless a published volume has the same id (its leases are its own).
+    async fn release_unpublished(&self, spec: &VolumeSpec) {
+        let live = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|m| m.volume.spec.load().id == spec.id);
+        if !live {
+            self.provider.release(spec).await;
         }
     }
 

@@ -1,9 +1,10 @@
 //! The SecretProviderClass stage: parses and validates a `SecretProviderClass` (SPC) the way the
 //! Secrets Store CSI Driver and the OpenBao CSI provider read it (anchors.md §1, §10).
 //!
-//! Everything here is pure: no I/O, no environment. Parameters that baofs does not implement
-//! yet are rejected with an error naming them rather than silently ignored, so a manifest never
-//! behaves differently from what it says. Must not import `reqwest`, `kube`, `tonic` or `fuser`.
+//! Everything here is pure: no I/O, no environment (TLS files are read by the provider). Values
+//! baofs cannot honour are rejected with an error naming them rather than silently ignored, so a
+//! manifest never behaves differently from what it says. Must not import `reqwest`, `kube`,
+//! `tonic` or `fuser`.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,16 +45,6 @@ const OBJECT_FIELDS: [&str; 7] = [
     "secretArgs",
 ];
 
-/// Parameters (after a prefix) that configure features baofs does not support yet.
-const UNSUPPORTED_SUFFIXES: [(&str, &str); 6] = [
-    ("Namespace", "OpenBao namespaces"),
-    ("CACertPath", "custom TLS CA certificates"),
-    ("CADirectory", "custom TLS CA directories"),
-    ("TLSServerName", "TLS server name overrides"),
-    ("TLSClientCertPath", "TLS client certificates"),
-    ("TLSClientKeyPath", "TLS client keys"),
-];
-
 /// A parsed and validated SecretProviderClass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretProviderClass {
@@ -83,6 +74,39 @@ pub struct OpenBaoParams {
     pub auth_mount: String,
     /// `audience`: which service-account token to log in with.
     pub audience: Option<String>,
+    /// `<P>Namespace`: sent as `X-Vault-Namespace` on every request (login included).
+    pub namespace: Option<String>,
+    /// `<P>CACertPath`, `<P>CADirectory`, `<P>TLSServerName`, `<P>TLSClientCertPath`,
+    /// `<P>TLSClientKeyPath`, `<P>SkipTLSVerify`.
+    pub tls: TlsParams,
+}
+
+/// TLS settings of the connection to OpenBao, as the SPC gives them. Paths are read by the
+/// provider (on the node, like upstream's paths inside the provider pod); for each parameter the
+/// first prefix present wins (`bao`, `openbao`, `vault`) and an empty value means "not set".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsParams {
+    /// `<P>CACertPath`: PEM file of the CA certificates to trust (instead of the system's).
+    pub ca_cert_path: Option<String>,
+    /// `<P>CADirectory`: directory of PEM files of CA certificates to trust; ignored when
+    /// `ca_cert_path` is set (upstream's precedence).
+    pub ca_directory: Option<String>,
+    /// `<P>TLSServerName`: the name the server certificate is checked against instead of the
+    /// address's host.
+    pub server_name: Option<String>,
+    /// `<P>TLSClientCertPath`: PEM client certificate chain (always with `client_key_path`).
+    pub client_cert_path: Option<String>,
+    /// `<P>TLSClientKeyPath`: PEM private key of the client certificate.
+    pub client_key_path: Option<String>,
+    /// `<P>SkipTLSVerify`: accept any server certificate (logged as a warning).
+    pub skip_verify: bool,
+}
+
+impl TlsParams {
+    /// Whether nothing is configured (the system's roots, no client certificate).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// One object of the `objects` parameter: a file in the volume.
@@ -98,6 +122,57 @@ pub struct ObjectSpec {
     pub mode: Option<u32>,
     /// `encoding` of the extracted value.
     pub encoding: Encoding,
+    /// `method`: `GET` (a read) by default; `PUT` or `POST` issue a dynamic secret.
+    pub method: ObjectMethod,
+    /// `secretArgs`: the JSON body of a `PUT`/`POST` (`None` when absent or empty).
+    pub secret_args: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The HTTP method of an object's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ObjectMethod {
+    /// A read (KV, or a dynamic secret issued by a read such as `database/creds/<role>`).
+    #[default]
+    Get,
+    /// A write that issues a secret, e.g. `pki/issue/<role>` with `secretArgs`.
+    Put,
+    /// Same as `Put` (OpenBao treats both as an update).
+    Post,
+}
+
+impl ObjectMethod {
+    /// `GET`, `PUT` or `POST`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectMethod::Get => "GET",
+            ObjectMethod::Put => "PUT",
+            ObjectMethod::Post => "POST",
+        }
+    }
+
+    /// Parses a `method` value in any case; empty means `GET`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.is_empty() || s.eq_ignore_ascii_case("GET") {
+            Some(ObjectMethod::Get)
+        } else if s.eq_ignore_ascii_case("PUT") {
+            Some(ObjectMethod::Put)
+        } else if s.eq_ignore_ascii_case("POST") {
+            Some(ObjectMethod::Post)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the request writes (issues a secret) rather than reads.
+    pub fn is_write(self) -> bool {
+        self != ObjectMethod::Get
+    }
+}
+
+impl fmt::Display for ObjectMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl ObjectSpec {
@@ -369,18 +444,6 @@ pub enum SpcError {
         /// What is wrong.
         reason: String,
     },
-    /// A parameter configures a feature baofs does not support yet.
-    #[error(
-        "SecretProviderClass '{spc}': parameter '{parameter}' is not supported yet ({feature})"
-    )]
-    Unsupported {
-        /// The SPC.
-        spc: String,
-        /// The parameter.
-        parameter: String,
-        /// The feature it configures.
-        feature: &'static str,
-    },
     /// The `objects` parameter is not a YAML list of mappings.
     #[error("SecretProviderClass '{spc}': parameter 'objects' is invalid: {reason}")]
     ObjectsYaml {
@@ -416,16 +479,6 @@ pub enum SpcError {
         field: &'static str,
         /// What is wrong.
         reason: String,
-    },
-    /// An object uses a field baofs does not support yet.
-    #[error("SecretProviderClass '{spc}': object '{object}': {what} is not supported yet")]
-    UnsupportedObjectField {
-        /// The SPC.
-        spc: String,
-        /// The object.
-        object: String,
-        /// What is not supported.
-        what: String,
     },
     /// `encoding` is not utf-8, base64 or hex.
     #[error(
@@ -607,44 +660,6 @@ fn parse_openbao_params(
     spc: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<OpenBaoParams, SpcError> {
-    // Features not implemented yet: refuse rather than ignore. An empty value configures
-    // nothing upstream either, so it is accepted. Every prefix is checked, not only the first
-    // present one, so that nothing non-empty is ever ignored.
-    for (suffix, feature) in UNSUPPORTED_SUFFIXES {
-        for p in PARAMETER_PREFIXES {
-            let key = format!("{p}{suffix}");
-            if params.get(&key).is_some_and(|v| !v.is_empty()) {
-                return Err(SpcError::Unsupported {
-                    spc: spc.to_owned(),
-                    parameter: key,
-                    feature,
-                });
-            }
-        }
-    }
-    for p in PARAMETER_PREFIXES {
-        let key = format!("{p}SkipTLSVerify");
-        if let Some(v) = params.get(&key) {
-            match parse_go_bool(v) {
-                Some(false) => {}
-                Some(true) => {
-                    return Err(SpcError::Unsupported {
-                        spc: spc.to_owned(),
-                        parameter: key,
-                        feature: "skipping TLS verification",
-                    });
-                }
-                None => {
-                    return Err(SpcError::InvalidParameter {
-                        spc: spc.to_owned(),
-                        parameter: key,
-                        reason: format!("must be 'true' or 'false', not '{v}'"),
-                    });
-                }
-            }
-        }
-    }
-
     let address = prefixed(params, "Address")
         .map(|(_, v)| v.trim())
         .filter(|v| !v.is_empty())
@@ -695,11 +710,93 @@ fn parse_openbao_params(
 
     let audience = params.get("audience").filter(|a| !a.is_empty()).cloned();
 
+    let namespace = match prefixed(params, "Namespace") {
+        Some((key, v)) => {
+            let ns = v.trim().trim_matches('/');
+            if ns.is_empty() {
+                None
+            } else if !ns.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(SpcError::InvalidParameter {
+                    spc: spc.to_owned(),
+                    parameter: key,
+                    reason: format!(
+                        "'{v}' is not a valid namespace (printable ASCII without spaces)"
+                    ),
+                });
+            } else {
+                Some(ns.to_owned())
+            }
+        }
+        None => None,
+    };
+
     Ok(OpenBaoParams {
         address,
         role_name: role_name.to_owned(),
         auth_mount,
         audience,
+        namespace,
+        tls: parse_tls_params(spc, params)?,
+    })
+}
+
+/// The TLS parameters, with upstream's rules: for each one the first prefix present wins, an
+/// empty value is "not set", a client certificate needs its key and the other way round.
+fn parse_tls_params(spc: &str, params: &BTreeMap<String, String>) -> Result<TlsParams, SpcError> {
+    let text = |suffix: &str| -> Option<(String, String)> {
+        prefixed(params, suffix)
+            .map(|(k, v)| (k, v.trim().to_owned()))
+            .filter(|(_, v)| !v.is_empty())
+    };
+    // Every prefix's value must parse, even one a higher-priority prefix overrides.
+    let mut skip_verify = None;
+    for p in PARAMETER_PREFIXES {
+        let key = format!("{p}SkipTLSVerify");
+        if let Some(v) = params.get(&key) {
+            let parsed = parse_go_bool(v).ok_or_else(|| SpcError::InvalidParameter {
+                spc: spc.to_owned(),
+                parameter: key.clone(),
+                reason: format!("must be 'true' or 'false', not '{v}'"),
+            })?;
+            skip_verify.get_or_insert(parsed);
+        }
+    }
+    let client_cert = text("TLSClientCertPath");
+    let client_key = text("TLSClientKeyPath");
+    match (&client_cert, &client_key) {
+        (Some((key, _)), None) => {
+            return Err(SpcError::InvalidParameter {
+                spc: spc.to_owned(),
+                parameter: key.clone(),
+                reason: "needs '<prefix>TLSClientKeyPath' too (both client cert and client key must be provided)".to_owned(),
+            });
+        }
+        (None, Some((key, _))) => {
+            return Err(SpcError::InvalidParameter {
+                spc: spc.to_owned(),
+                parameter: key.clone(),
+                reason: "needs '<prefix>TLSClientCertPath' too (both client cert and client key must be provided)".to_owned(),
+            });
+        }
+        _ => {}
+    }
+    let server_name = text("TLSServerName");
+    if let Some((key, name)) = &server_name
+        && !name.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(SpcError::InvalidParameter {
+            spc: spc.to_owned(),
+            parameter: key.clone(),
+            reason: format!("'{name}' is not a DNS name or IP address"),
+        });
+    }
+    Ok(TlsParams {
+        ca_cert_path: text("CACertPath").map(|(_, v)| v),
+        ca_directory: text("CADirectory").map(|(_, v)| v),
+        server_name: server_name.map(|(_, v)| v),
+        client_cert_path: client_cert.map(|(_, v)| v),
+        client_key_path: client_key.map(|(_, v)| v),
+        skip_verify: skip_verify.unwrap_or(false),
     })
 }
 
@@ -836,27 +933,35 @@ fn parse_object(spc: &str, index: usize, item: Value) -> Result<ObjectSpec, SpcE
         encoding: encoding_text.clone(),
     })?;
 
-    let method =
+    let method_text =
         string_field(spc, &label, "method", take(&mut fields, "method"))?.unwrap_or_default();
-    if !(method.is_empty() || method.eq_ignore_ascii_case("GET")) {
-        return Err(SpcError::UnsupportedObjectField {
-            spc: spc.to_owned(),
-            object: label,
-            what: format!("method '{method}' (only GET)"),
-        });
-    }
-    let secret_args = take(&mut fields, "secretArgs");
-    let empty_args = match &secret_args {
-        Value::Null => true,
-        Value::Mapping(m) => m.is_empty(),
-        _ => false,
+    let method = ObjectMethod::parse(method_text.trim()).ok_or_else(|| {
+        invalid(
+            "method",
+            format!("'{method_text}' is not supported (GET, PUT or POST)"),
+        )
+    })?;
+    let secret_args = match take(&mut fields, "secretArgs") {
+        Value::Null => None,
+        Value::Mapping(m) if m.is_empty() => None,
+        v @ Value::Mapping(_) => match serde_json::to_value(&v) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            Ok(_) => return Err(invalid("secretArgs", "must be a mapping".to_owned())),
+            Err(e) => {
+                return Err(invalid(
+                    "secretArgs",
+                    format!("cannot be sent as JSON ({e})"),
+                ));
+            }
+        },
+        _ => return Err(invalid("secretArgs", "must be a mapping".to_owned())),
     };
-    if !empty_args {
-        return Err(SpcError::UnsupportedObjectField {
-            spc: spc.to_owned(),
-            object: label,
-            what: "field 'secretArgs'".to_owned(),
-        });
+    if secret_args.is_some() && !method.is_write() {
+        // OpenBao ignores the body of a GET: refuse rather than drop the arguments.
+        return Err(invalid(
+            "secretArgs",
+            "needs method PUT or POST (a GET request carries no body)".to_owned(),
+        ));
     }
 
     Ok(ObjectSpec {
@@ -865,6 +970,8 @@ fn parse_object(spc: &str, index: usize, item: Value) -> Result<ObjectSpec, SpcE
         secret_key,
         mode,
         encoding,
+        method,
+        secret_args,
     })
 }
 
@@ -1087,6 +1194,8 @@ mod tests {
                 role_name: "harbor".into(),
                 auth_mount: "kubernetes".into(),
                 audience: None,
+                namespace: None,
+                tls: TlsParams::default(),
             }
         );
         assert_eq!(spc.objects.len(), 1);
@@ -1237,34 +1346,53 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_parameters_are_rejected() {
-        for name in [
-            "vaultNamespace",
-            "baoNamespace",
-            "openbaoCACertPath",
-            "vaultCADirectory",
-            "vaultTLSServerName",
-            "vaultTLSClientCertPath",
-            "baoTLSClientKeyPath",
-        ] {
-            let e = err(with_params(&format!("    roleName: r\n    {name}: x\n")));
-            assert!(e.contains(&format!("'{name}' is not supported yet")), "{e}");
-        }
-        // Empty values configure nothing, upstream included.
-        with_params("    roleName: r\n    vaultNamespace: ''\n").expect("empty is harmless");
+    fn tls_and_namespace_parameters() {
+        let p = with_params("    roleName: r\n").expect("ok");
+        assert!(p.params.tls.is_default());
+        assert_eq!(p.params.namespace, None);
+        let p = with_params(
+            "    roleName: r\n    vaultNamespace: /team-a/\n    vaultCACertPath: /etc/ca.pem\n    \
+             vaultCADirectory: /etc/cas\n    vaultTLSServerName: bao.test\n    \
+             vaultTLSClientCertPath: /c.pem\n    vaultTLSClientKeyPath: /k.pem\n    \
+             vaultSkipTLSVerify: \"true\"\n",
+        )
+        .expect("ok");
+        assert_eq!(p.params.namespace.as_deref(), Some("team-a"));
+        assert_eq!(
+            p.params.tls,
+            TlsParams {
+                ca_cert_path: Some("/etc/ca.pem".into()),
+                ca_directory: Some("/etc/cas".into()),
+                server_name: Some("bao.test".into()),
+                client_cert_path: Some("/c.pem".into()),
+                client_key_path: Some("/k.pem".into()),
+                skip_verify: true,
+            }
+        );
+        // First prefix present wins (bao, openbao, vault), even when it is empty.
+        let p = with_params(
+            "    roleName: r\n    vaultCACertPath: /v.pem\n    openbaoCACertPath: /o.pem\n    \
+             baoNamespace: b\n    vaultNamespace: v\n",
+        )
+        .expect("ok");
+        assert_eq!(p.params.tls.ca_cert_path.as_deref(), Some("/o.pem"));
+        assert_eq!(p.params.namespace.as_deref(), Some("b"));
+        let p =
+            with_params("    roleName: r\n    baoCACertPath: ''\n    vaultCACertPath: /v.pem\n")
+                .expect("ok");
+        assert_eq!(p.params.tls.ca_cert_path, None);
+        let p = with_params(
+            "    roleName: r\n    baoSkipTLSVerify: \"false\"\n    vaultSkipTLSVerify: \"true\"\n",
+        )
+        .expect("ok");
+        assert!(!p.params.tls.skip_verify);
         for ok in ["false", "False", "0", "f"] {
-            with_params(&format!(
+            let p = with_params(&format!(
                 "    roleName: r\n    vaultSkipTLSVerify: \"{ok}\"\n"
             ))
-            .expect("false is harmless");
+            .expect("false");
+            assert!(!p.params.tls.skip_verify);
         }
-        let e = err(with_params(
-            "    roleName: r\n    vaultSkipTLSVerify: \"true\"\n",
-        ));
-        assert!(
-            e.contains("'vaultSkipTLSVerify' is not supported yet"),
-            "{e}"
-        );
         let e = err(with_params(
             "    roleName: r\n    baoSkipTLSVerify: \"maybe\"\n",
         ));
@@ -1272,6 +1400,32 @@ mod tests {
             e.contains("'baoSkipTLSVerify' must be 'true' or 'false'"),
             "{e}"
         );
+        // A lower-priority prefix must still parse.
+        let e = err(with_params(
+            "    roleName: r\n    baoSkipTLSVerify: \"false\"\n    vaultSkipTLSVerify: \"nope\"\n",
+        ));
+        assert!(e.contains("'vaultSkipTLSVerify'"), "{e}");
+        let e = err(with_params(
+            "    roleName: r\n    vaultTLSClientCertPath: /c.pem\n",
+        ));
+        assert!(
+            e.contains("'vaultTLSClientCertPath' needs") && e.contains("TLSClientKeyPath"),
+            "{e}"
+        );
+        let e = err(with_params(
+            "    roleName: r\n    baoTLSClientKeyPath: /k.pem\n",
+        ));
+        assert!(e.contains("'baoTLSClientKeyPath' needs"), "{e}");
+        let e = err(with_params("    roleName: r\n    baoNamespace: 'team a'\n"));
+        assert!(
+            e.contains("'baoNamespace'") && e.contains("namespace"),
+            "{e}"
+        );
+        let e = err(with_params(
+            "    roleName: r\n    baoTLSServerName: 'a b'\n",
+        ));
+        assert!(e.contains("'baoTLSServerName'"), "{e}");
+        with_params("    roleName: r\n    vaultNamespace: ''\n").expect("empty is harmless");
     }
 
     #[test]
@@ -1320,24 +1474,44 @@ mod tests {
             "      - objectName: a\n        secretPath: s/a\n        encoding: rot13\n",
         ));
         assert!(e.contains("unknown encoding 'rot13' for object 'a'"), "{e}");
+        let o = with_objects(
+            "      - objectName: a\n        secretPath: pki/issue/x\n        method: put\n        secretArgs:\n          common_name: app.example.com\n          ttl: 1h\n          alt_names: [a, b]\n          max: 3\n",
+        )
+        .expect("PUT with secretArgs");
+        assert_eq!(o.objects[0].method, ObjectMethod::Put);
+        assert!(o.objects[0].method.is_write());
+        let args = o.objects[0].secret_args.as_ref().expect("args");
+        assert_eq!(
+            serde_json::Value::Object(args.clone()),
+            serde_json::json!({"common_name": "app.example.com", "ttl": "1h", "alt_names": ["a", "b"], "max": 3})
+        );
+        let o = with_objects(
+            "      - objectName: a\n        secretPath: database/creds/app\n        method: POST\n",
+        )
+        .expect("POST without args");
+        assert_eq!(o.objects[0].method, ObjectMethod::Post);
+        assert_eq!(o.objects[0].secret_args, None);
         let e = err(with_objects(
-            "      - objectName: a\n        secretPath: pki/issue/x\n        method: PUT\n",
+            "      - objectName: a\n        secretPath: s/a\n        method: DELETE\n",
         ));
         assert!(
-            e.contains("object 'a'")
-                && e.contains("method 'PUT'")
-                && e.contains("not supported yet"),
+            e.contains("object 'a'") && e.contains("'method'") && e.contains("'DELETE'"),
             "{e}"
         );
         let e = err(with_objects(
             "      - objectName: a\n        secretPath: pki/issue/x\n        secretArgs:\n          common_name: x\n",
         ));
         assert!(
-            e.contains("object 'a'") && e.contains("'secretArgs' is not supported yet"),
+            e.contains("object 'a'") && e.contains("'secretArgs'") && e.contains("PUT or POST"),
             "{e}"
         );
+        let e = err(with_objects(
+            "      - objectName: a\n        secretPath: pki/issue/x\n        method: PUT\n        secretArgs: [x]\n",
+        ));
+        assert!(e.contains("'secretArgs' must be a mapping"), "{e}");
         let o = with_objects("      - objectName: a\n        secretPath: s/a\n        method: get\n        secretArgs: {}\n")
             .expect("GET and empty args are harmless");
+        assert_eq!(o.objects[0].method, ObjectMethod::Get);
         assert_eq!(o.objects[0].path.as_str(), "a");
     }
 

@@ -1,8 +1,8 @@
 //! Where a volume's SecretProviderClass comes from: the `SpcSource` port and its directory
 //! implementation (`--spc-dir DIR` reads `DIR/<namespace>/<name>.yaml`).
 //!
-//! The Kubernetes API source (a reflector store) will implement the same trait; the CSI server
-//! only sees the trait. No tonic, no kube here.
+//! The Kubernetes API source (`k8s::KubeSpcSource`, a reflector store) implements the same
+//! trait; the CSI server only sees the trait. No tonic, no kube here.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +43,26 @@ pub enum SpcLookupError {
         path: PathBuf,
         /// What is wrong.
         source: Box<SpcError>,
+    },
+    /// The SPC from the Kubernetes API is invalid.
+    #[error("failed to get secretproviderclass {namespace}/{name}, error: {source}")]
+    InvalidObject {
+        /// The pod's namespace.
+        namespace: String,
+        /// The SPC name.
+        name: String,
+        /// What is wrong.
+        source: Box<SpcError>,
+    },
+    /// The Kubernetes API could not be asked (unreachable, forbidden, 5xx).
+    #[error("failed to get secretproviderclass {namespace}/{name}, error: {detail}")]
+    Api {
+        /// The pod's namespace.
+        namespace: String,
+        /// The SPC name.
+        name: String,
+        /// The API error (a status message, never a value).
+        detail: String,
     },
     /// The SPC file names another SPC than its location says.
     #[error(
@@ -174,9 +194,9 @@ impl SpcSource for DirSpcSource {
     }
 }
 
-/// A Kubernetes object name (DNS subdomain: lowercase alphanumerics, `-` and `.`), which also
+/// Checks a Kubernetes object name (DNS subdomain: lowercase alphanumerics, `-` and `.`), which also
 /// guarantees the name cannot leave the directory.
-fn check_name(what: &'static str, value: &str) -> Result<(), SpcLookupError> {
+pub fn check_name(what: &'static str, value: &str) -> Result<(), SpcLookupError> {
     let invalid = |reason| SpcLookupError::InvalidName {
         what,
         value: value.chars().take(MAX_NAME_LEN).collect(),

@@ -1235,7 +1235,7 @@ async fn startup_refuses_bad_configuration() {
     let sock = format!("unix://{}/csi.sock", dir.path.display());
     let err = run(&["csi", "--nodeid", "n", "--endpoint", &sock]);
     assert!(
-        err.contains("--spc-dir") && err.contains("Kubernetes API is not built yet"),
+        err.contains("in-cluster") && err.contains("--kubeconfig") && err.contains("--spc-dir"),
         "{err}"
     );
     // A regular file where the socket goes is never removed.

@@ -92,6 +92,29 @@ impl NodePublishError {
     }
 }
 
+impl NodePublishError {
+    /// A stable reason for the `error_type` metric label: upstream's
+    /// (`pkg/errors/errors.go`) where one fits.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NodePublishError::Request(_) => "InvalidRequest",
+            NodePublishError::Context(_) => "InvalidVolumeContext",
+            NodePublishError::Spc(SpcLookupError::NotFound { .. }) => "SecretProviderClassNotFound",
+            NodePublishError::Spc(SpcLookupError::Api { .. }) => "SecretProviderClassLookupFailed",
+            NodePublishError::Spc(_) => "InvalidSecretProviderClass",
+            NodePublishError::Publish(p) => match p {
+                PublishError::InvalidTarget { .. } | PublishError::State { .. } => {
+                    "FailedToEnsureMountPoint"
+                }
+                PublishError::Provider(_) => "ProviderError",
+                PublishError::Conflict { .. } | PublishError::Cache(_) | PublishError::Fuse(_) => {
+                    "FailedToMount"
+                }
+            },
+        }
+    }
+}
+
 impl NodeUnpublishError {
     /// The gRPC code kubelet sees.
     pub fn code(&self) -> Code {
@@ -108,6 +131,8 @@ fn spc_code(e: &SpcLookupError) -> Code {
         SpcLookupError::InvalidName { .. }
         | SpcLookupError::Invalid { .. }
         | SpcLookupError::Mismatch { .. } => Code::InvalidArgument,
+        SpcLookupError::InvalidObject { .. } => Code::InvalidArgument,
+        SpcLookupError::Api { .. } => Code::Unavailable,
         SpcLookupError::Read { .. } => Code::Internal,
     }
 }
@@ -197,6 +222,15 @@ mod tests {
             name: "n".into(),
             detail: "x".into(),
         };
+        assert_eq!(
+            NodePublishError::from(SpcLookupError::NotFound {
+                namespace: "ns".into(),
+                name: "n".into(),
+                detail: "x".into(),
+            })
+            .reason(),
+            "SecretProviderClassNotFound"
+        );
         let s = NodePublishError::from(nf).into_status("v", "/t");
         assert_eq!(s.code(), Code::NotFound);
         assert!(

@@ -29,15 +29,29 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::context::{self, VolumeContext};
 use super::error::{self, NodePublishError, NodeUnpublishError, RequestError};
+use crate::observer::{CallError, CallObserver, PublishReport};
 use crate::publisher::{Published, Publisher, Unpublished};
 use crate::spc_source::SpcSource;
-use crate::volume::{Credentials, Ownership, VolumeSpec};
+use crate::volume::{Credentials, Ownership, PodInfo, VolumeSpec};
 
 /// Node service state.
 pub struct NodeService {
     node_id: String,
     publisher: Arc<Publisher>,
     spcs: Arc<dyn SpcSource>,
+    calls: Arc<dyn CallObserver>,
+}
+
+/// The pod named by a raw volume context (best effort, for events and metrics: nothing is
+/// validated here).
+fn pod_of(volume_context: &HashMap<String, String>) -> PodInfo {
+    let get = |k: &str| volume_context.get(k).filter(|v| !v.is_empty()).cloned();
+    PodInfo {
+        name: get(context::POD_NAME),
+        namespace: get(context::POD_NAMESPACE),
+        uid: get(context::POD_UID),
+        service_account: get(context::SERVICE_ACCOUNT_NAME),
+    }
 }
 
 impl std::fmt::Debug for NodeService {
@@ -104,12 +118,19 @@ fn validate_publish(req: &NodePublishVolumeRequest) -> Result<PublishTarget, Req
 }
 
 impl NodeService {
-    /// A node service publishing through `publisher`, finding SPCs in `spcs`.
-    pub fn new(node_id: String, publisher: Arc<Publisher>, spcs: Arc<dyn SpcSource>) -> Self {
+    /// A node service publishing through `publisher`, finding SPCs in `spcs`, reporting each
+    /// call to `calls`.
+    pub fn new(
+        node_id: String,
+        publisher: Arc<Publisher>,
+        spcs: Arc<dyn SpcSource>,
+        calls: Arc<dyn CallObserver>,
+    ) -> Self {
         Self {
             node_id,
             publisher,
             spcs,
+            calls,
         }
     }
 
@@ -121,7 +142,11 @@ impl NodeService {
             .any(|v| v.target == checked.target && v.volume_id == checked.volume_id)
     }
 
-    async fn publish(&self, req: NodePublishVolumeRequest) -> Result<Published, NodePublishError> {
+    async fn publish(
+        &self,
+        req: NodePublishVolumeRequest,
+        provider: &mut Option<String>,
+    ) -> Result<Published, NodePublishError> {
         // 1. The request.
         let checked = validate_publish(&req)?;
         let NodePublishVolumeRequest {
@@ -132,7 +157,10 @@ impl NodeService {
         // 2-4. Volume context, SPC, token. On a republish, last-known values keep being
         // served whatever goes wrong here; the poller keeps the credentials it has.
         let spec = match self.volume_spec(&checked, volume_context, secrets).await {
-            Ok(spec) => spec,
+            Ok(spec) => {
+                *provider = Some(spec.spc.provider.clone());
+                spec
+            }
             Err(e) if self.serving(&checked) => {
                 warn!(
                     volume_id = %checked.volume_id,
@@ -203,13 +231,36 @@ impl Node for NodeService {
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let (volume_id, target) = (req.volume_id.clone(), req.target_path.clone());
+        let pod = pod_of(&req.volume_context);
+        let mut provider = None;
         let span = info_span!("NodePublishVolume", volume_id = %volume_id, target = %target);
-        match self.publish(req).instrument(span).await {
+        match self.publish(req, &mut provider).instrument(span).await {
             Ok(outcome) => {
                 debug!(volume_id = %volume_id, target = %target, ?outcome, "NodePublishVolume done");
+                self.calls
+                    .publish_done(PublishReport {
+                        pod: &pod,
+                        provider: provider.as_deref(),
+                        error: None,
+                    })
+                    .await;
                 Ok(Response::new(NodePublishVolumeResponse {}))
             }
-            Err(e) => Err(e.into_status(&volume_id, &target)),
+            Err(e) => {
+                let error_type = e.reason();
+                let status = e.into_status(&volume_id, &target);
+                self.calls
+                    .publish_done(PublishReport {
+                        pod: &pod,
+                        provider: provider.as_deref(),
+                        error: Some(CallError {
+                            error_type,
+                            message: status.message(),
+                        }),
+                    })
+                    .await;
+                Err(status)
+            }
         }
     }
 
@@ -222,9 +273,13 @@ impl Node for NodeService {
         match self.unpublish(&req).instrument(span).await {
             Ok(outcome) => {
                 debug!(volume_id = %req.volume_id, target = %req.target_path, ?outcome, "NodeUnpublishVolume done");
+                self.calls.unpublish_done(true);
                 Ok(Response::new(NodeUnpublishVolumeResponse {}))
             }
-            Err(e) => Err(e.into_status(&req.volume_id, &req.target_path)),
+            Err(e) => {
+                self.calls.unpublish_done(false);
+                Err(e.into_status(&req.volume_id, &req.target_path))
+            }
         }
     }
 

@@ -145,6 +145,8 @@ pub fn unmount(target: &Path) -> io::Result<Unmounted> {
 /// One line of /proc/self/mountinfo, the fields baofs needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// `major:minor` of the filesystem: every bind mount of one FUSE connection shares it.
+    pub dev: String,
     /// Mount point.
     pub mount_point: PathBuf,
     /// Filesystem type, e.g. `fuse.baofs`.
@@ -182,6 +184,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let fields: Vec<&str> = line.split(' ').collect();
             let sep = fields.iter().position(|f| *f == "-")?;
             Some(MountEntry {
+                dev: fields.get(2)?.to_string(),
                 root: unescape(fields.get(3)?),
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fstype: fields.get(sep + 1)?.to_string(),
@@ -216,5 +219,6 @@ mod tests {
         assert_eq!(m[0].fstype, "ext3");
         assert_eq!(m[1].fstype, "fuse.baofs");
         assert_eq!(m[1].root, "/vol");
+        assert_eq!(m[1].dev, "0:45");
     }
 }

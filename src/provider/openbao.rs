@@ -1,16 +1,23 @@
 //! The OpenBao provider: logs in, reads secrets over HTTP and extracts each object's value.
 //!
 //! This is the only module that talks HTTP (`reqwest` stays inside `provider/openbao*`). It
-//! follows the OpenBao CSI provider's behaviour (anchors.md §10–§12) and fixes its known flaws:
-//! login tokens are cached for their lease (not re-requested every poll), a whole secret is
-//! written without the response envelope so its content is stable, transient failures are
-//! retried with backoff, and every error names the SPC, the object and the OpenBao path.
+//! follows the OpenBao CSI provider's behaviour (anchors.md §10–§14) and fixes its known flaws:
+//! login tokens are cached for their lease and renewed (not re-requested every poll), a whole
+//! secret is written without the response envelope so its content is stable, dynamic secrets
+//! are issued once per volume, renewed and revoked (not re-issued every poll), transient
+//! failures are retried with backoff, and every error names the SPC, the object and the
+//! OpenBao path (and, for TLS, which certificate check failed).
 //!
-//! Submodules: `kv` (pure extraction from a parsed response), `auth` (the login-token cache).
-//! Secret values and tokens never reach an error, a log line or `Debug`.
+//! Submodules: `kv` (pure extraction from a parsed response), `auth` (the login-token cache),
+//! `lease` (what a volume keeps of its dynamic secrets), `tls` (clients per TLS configuration,
+//! certificate errors), `version` (object versions). Secret values, tokens and lease ids never
+//! reach an error, a log line or `Debug`.
 
 mod auth;
 pub mod kv;
+mod lease;
+mod tls;
+mod version;
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,11 +28,14 @@ use serde_json::Value;
 
 use crate::provider::{BoxFuture, FetchedObject, Provider};
 use crate::secret::SecretString;
-use crate::spc::{Encoding, ObjectSpec};
+use crate::spc::{Encoding, ObjectMethod, ObjectSpec};
 use crate::volume::{Credentials, VolumeSpec};
 
 use auth::{CachedToken, LoginKey, TokenCache};
 use kv::{ExtractError, ZeroizingBuf};
+use lease::{Held, LeaseTable, Plan, ReadKey, VolumeLeases};
+use tls::TlsClients;
+use version::VersionKey;
 
 /// Default timeout of one HTTP request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +45,12 @@ pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_OBJECT_SIZE: usize = 1 << 20;
 /// The header carrying the OpenBao token.
 const TOKEN_HEADER: &str = "X-Vault-Token";
+/// The header carrying the OpenBao namespace.
+const NAMESPACE_HEADER: &str = "X-Vault-Namespace";
+/// Where leases are renewed.
+const RENEW_PATH: &str = "sys/leases/renew";
+/// Where leases are revoked.
+const REVOKE_PATH: &str = "sys/leases/revoke";
 /// First retry delay; doubled after each attempt up to `MAX_BACKOFF`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest retry delay.
@@ -202,6 +218,21 @@ pub enum ProviderError {
     /// The HTTP client could not be built.
     #[error("cannot build the OpenBao HTTP client: {0}")]
     Client(String),
+    /// A TLS parameter cannot be used (file missing or unreadable, no certificate or key in it).
+    #[error(
+        "SecretProviderClass '{spc}': TLS parameter '<prefix>{parameter}'{}: {reason}",
+        if path.is_empty() { String::new() } else { format!(" ('{path}')") }
+    )]
+    TlsConfig {
+        /// The SPC.
+        spc: String,
+        /// The parameter, without its prefix (e.g. `CACertPath`).
+        parameter: &'static str,
+        /// The path it names (empty if none).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Logging in failed.
     #[error(
         "SecretProviderClass '{spc}': login to OpenBao at {address} (auth mount '{mount}', role '{role}') failed: {cause}"
@@ -218,15 +249,18 @@ pub enum ProviderError {
         /// What happened.
         cause: Box<Cause>,
     },
-    /// Reading a secret failed.
+    /// A request for an object (reading it, issuing it, renewing or revoking its lease) failed.
     #[error(
-        "SecretProviderClass '{spc}': object '{object}': reading OpenBao path '{path}' at {address} failed: {cause}"
+        "SecretProviderClass '{spc}': object '{object}': {operation} OpenBao path '{path}' at {address} failed: {cause}"
     )]
     Read {
         /// The SPC.
         spc: String,
         /// The (first) object reading this path.
         object: String,
+        /// What the request did: `reading`, `issuing a secret at`, `renewing a lease at`,
+        /// `revoking a lease at`.
+        operation: &'static str,
         /// The OpenBao API path, without query.
         path: String,
         /// The OpenBao address.
@@ -349,6 +383,7 @@ impl ProviderError {
             ProviderError::MissingAddress { .. } => "missing_address",
             ProviderError::InvalidAddress { .. } => "invalid_address",
             ProviderError::Client(_) => "client_error",
+            ProviderError::TlsConfig { .. } => "tls_config",
             ProviderError::Login { cause, .. } => match cause_reason(cause) {
                 "permission_denied" => "login_denied",
                 "unreachable" | "timeout" | "tls_error" | "connection_error" | "server_error"
@@ -384,37 +419,53 @@ fn cause_reason(cause: &Cause) -> &'static str {
     }
 }
 
-/// Reads volumes' objects from OpenBao. One HTTP client and one login-token cache are shared by
-/// every volume.
+/// Reads volumes' objects from OpenBao. The HTTP clients (one per TLS configuration) and the
+/// login-token cache are shared by every volume; dynamic secrets are kept per volume.
 pub struct OpenBaoProvider {
     config: OpenBaoConfig,
+    /// The client for the default TLS configuration (system roots).
     client: Client,
+    tls: TlsClients,
     tokens: TokenCache,
+    leases: LeaseTable,
+    versions: VersionKey,
 }
 
 impl fmt::Debug for OpenBaoProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenBaoProvider")
             .field("config", &self.config)
+            .field("tls", &self.tls)
             .field("tokens", &self.tokens)
+            .field("leases", &self.leases)
             .finish_non_exhaustive()
     }
 }
 
+/// The settings every client shares (TLS aside).
+fn client_builder(config: &OpenBaoConfig) -> reqwest::ClientBuilder {
+    Client::builder()
+        .timeout(config.request_timeout)
+        .connect_timeout(config.request_timeout)
+        .redirect(same_origin_redirects())
+        .user_agent(concat!("baofs/", env!("CARGO_PKG_VERSION")))
+}
+
 impl OpenBaoProvider {
-    /// Builds the provider and its HTTP client (rustls, webpki roots).
+    /// Builds the provider, its default HTTP client (rustls, the system's roots) and the
+    /// process's object-version key.
     pub fn new(config: OpenBaoConfig) -> Result<Self, ProviderError> {
-        let client = Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout)
-            .redirect(same_origin_redirects())
-            .user_agent(concat!("baofs/", env!("CARGO_PKG_VERSION")))
+        let client = client_builder(&config)
             .build()
             .map_err(|e| ProviderError::Client(error_chain(&e)))?;
+        let versions = VersionKey::generate().map_err(ProviderError::Client)?;
         Ok(Self {
             config,
             client,
+            tls: TlsClients::default(),
             tokens: TokenCache::default(),
+            leases: LeaseTable::default(),
+            versions,
         })
     }
 
@@ -423,7 +474,8 @@ impl OpenBaoProvider {
         &self.config
     }
 
-    async fn fetch_volume(&self, spec: &VolumeSpec) -> Result<Vec<FetchedObject>, ProviderError> {
+    /// The address, client and namespace of `spec`'s requests.
+    fn context(&self, spec: &VolumeSpec) -> Result<Ctx, ProviderError> {
         let spc = spec.spc_ref();
         let params = &spec.spc.params;
         let address = params
@@ -434,112 +486,433 @@ impl OpenBaoProvider {
             .filter(|a| !a.is_empty())
             .ok_or_else(|| ProviderError::MissingAddress { spc: spc.clone() })?;
         let base = parse_address(&spc, address)?;
-        let ctx = Ctx {
-            address: base.as_str().trim_end_matches('/').to_owned(),
-            base,
-            spc,
+        let address = base.as_str().trim_end_matches('/').to_owned();
+        // TLS settings only matter for https (as upstream, they are ignored for http).
+        let client = if params.tls.is_default() || base.scheme() != "https" {
+            self.client.clone()
+        } else {
+            self.tls
+                .client(&params.tls, &spc, &address, || client_builder(&self.config))
+                .map_err(|e| ProviderError::TlsConfig {
+                    spc: spc.clone(),
+                    parameter: e.parameter,
+                    path: e.path,
+                    reason: e.reason,
+                })?
         };
-        let mut auth = match &spec.credentials {
+        let namespace = match &params.namespace {
+            Some(ns) => {
+                Some(
+                    HeaderValue::from_str(ns).map_err(|_| ProviderError::InvalidAddress {
+                        spc: spc.clone(),
+                        address: Some(address.clone()),
+                        reason: format!("namespace '{ns}' is not a valid header value"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let shown = match &params.namespace {
+            Some(ns) => format!("{address} (namespace '{ns}')"),
+            None => address.clone(),
+        };
+        Ok(Ctx {
+            spc,
+            base,
+            address,
+            shown,
+            client,
+            namespace,
+            namespace_name: params.namespace.clone(),
+        })
+    }
+
+    fn auth_state(&self, spec: &VolumeSpec, ctx: &Ctx) -> AuthState {
+        match &spec.credentials {
             Credentials::Token(t) => AuthState::Static(t.clone()),
             Credentials::Jwt(jwt) => AuthState::Login {
                 key: LoginKey {
                     address: ctx.address.clone(),
-                    mount: params.auth_mount.clone(),
-                    role: params.role_name.clone(),
+                    namespace: ctx.namespace_name.clone(),
+                    mount: spec.spc.params.auth_mount.clone(),
+                    role: spec.spc.params.role_name.clone(),
                     jwt: jwt.clone(),
                 },
                 current: None,
             },
-        };
+        }
+    }
+
+    async fn fetch_volume(&self, spec: &VolumeSpec) -> Result<Vec<FetchedObject>, ProviderError> {
+        let ctx = self.context(spec)?;
+        let mut auth = self.auth_state(spec, &ctx);
         let deadline = Instant::now() + self.config.retry_deadline;
 
-        // Each distinct (path, query) is read once, in first-use order.
+        // Each distinct request is made once, in first-use order.
         let objects = &spec.spc.objects;
-        let mut reads: Vec<(&str, Option<&str>, &ObjectSpec)> = Vec::new();
+        let mut reads: Vec<(ReadKey, &ObjectSpec)> = Vec::new();
         let mut read_of = Vec::with_capacity(objects.len());
         for o in objects {
-            let key = (o.api_path(), o.query());
-            let i = match reads.iter().position(|(p, q, _)| (*p, *q) == key) {
+            let key = read_key(o);
+            let i = match reads.iter().position(|(k, _)| *k == key) {
                 Some(i) => i,
                 None => {
-                    reads.push((key.0, key.1, o));
+                    reads.push((key, o));
                     reads.len() - 1
                 }
             };
             read_of.push(i);
         }
 
-        let mut responses = Vec::with_capacity(reads.len());
+        let slot = self.leases.slot(&spec.id);
+        let result = {
+            let mut leases = slot.lock().await;
+            let result = self
+                .fetch_locked(
+                    &ctx,
+                    &mut auth,
+                    spec,
+                    &reads,
+                    &read_of,
+                    &mut leases,
+                    deadline,
+                )
+                .await;
+            let in_use: Vec<&ReadKey> = reads.iter().map(|(k, _)| k).collect();
+            leases.prune(&in_use, Instant::now());
+            result
+        };
+        self.leases.done(&spec.id, slot);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_locked(
+        &self,
+        ctx: &Ctx,
+        auth: &mut AuthState,
+        spec: &VolumeSpec,
+        reads: &[(ReadKey, &ObjectSpec)],
+        read_of: &[usize],
+        leases: &mut VolumeLeases,
+        deadline: Instant,
+    ) -> Result<Vec<FetchedObject>, ProviderError> {
+        // `None`: the response is kept in `leases`.
+        let mut owned: Vec<Option<Value>> = Vec::with_capacity(reads.len());
         let result = async {
-            for (path, query, first) in &reads {
-                let value = self
-                    .read(&ctx, &mut auth, first, path, *query, deadline)
-                    .await?;
-                responses.push(value);
+            for (key, first) in reads {
+                let plan = leases.held.get(key).map(|h| h.plan(Instant::now()));
+                let value = match plan {
+                    Some(Plan::Reuse) => None,
+                    Some(Plan::Renew) => {
+                        match self
+                            .renew_lease(ctx, auth, first, key, leases, deadline)
+                            .await
+                        {
+                            Ok(()) => None,
+                            Err(Renewal::Refused) => {
+                                leases.forget(key);
+                                self.issue(ctx, auth, first, key, leases, deadline).await?
+                            }
+                            Err(Renewal::Failed(e)) => return Err(e),
+                        }
+                    }
+                    Some(Plan::Reissue) | None => {
+                        self.issue(ctx, auth, first, key, leases, deadline).await?
+                    }
+                };
+                owned.push(value);
             }
-            objects
+            // A volume holding leases also needs its login token kept alive: OpenBao revokes
+            // a token's leases with it.
+            let token_refresh = match &*auth {
+                AuthState::Login { key, .. } if !leases.held.is_empty() => self
+                    .tokens
+                    .slot(key)
+                    .lock()
+                    .await
+                    .as_ref()
+                    .and_then(CachedToken::refresh_at),
+                _ => None,
+            };
+            spec.spc
+                .objects
                 .iter()
-                .zip(&read_of)
+                .zip(read_of)
                 .map(|(o, &i)| {
-                    let value = kv::extract(&responses[i], o, self.config.max_object_size)
+                    let (key, _) = &reads[i];
+                    let (response, held) = match &owned[i] {
+                        Some(v) => (v, None),
+                        None => {
+                            let h = leases
+                                .held
+                                .get(key)
+                                .ok_or_else(|| extract_error(&ctx.spc, o, ExtractError::NoData))?;
+                            (h.response(), Some(h))
+                        }
+                    };
+                    let value = kv::extract(response, o, self.config.max_object_size)
                         .map_err(|e| extract_error(&ctx.spc, o, e))?;
+                    let version =
+                        self.versions
+                            .version(o, value.expose(), kv::kv2_version(response));
+                    let refresh_at = held
+                        .and_then(Held::action_at)
+                        .into_iter()
+                        .chain(token_refresh)
+                        .min()
+                        .map(wall_clock);
                     Ok(FetchedObject {
                         path: o.path.clone(),
                         value,
+                        version,
+                        refresh_at,
                     })
                 })
                 .collect::<Result<Vec<_>, ProviderError>>()
         }
         .await;
-        responses.into_iter().for_each(kv::zeroize_value);
+        owned.into_iter().flatten().for_each(kv::zeroize_value);
         result
     }
 
-    /// Reads one path, logging in first if needed, and once more if a cached login token is
-    /// refused (403).
-    async fn read(
+    /// Makes `key`'s request. A dynamic secret (leased, or from a write) is kept in `leases`
+    /// (`Ok(None)`); anything else is returned.
+    async fn issue(
         &self,
         ctx: &Ctx,
         auth: &mut AuthState,
         object: &ObjectSpec,
+        key: &ReadKey,
+        leases: &mut VolumeLeases,
+        deadline: Instant,
+    ) -> Result<Option<Value>, ProviderError> {
+        let reissue = leases.held.contains_key(key);
+        let value = self
+            .call(
+                ctx,
+                auth,
+                object.path.as_str(),
+                http_method(key.method),
+                &key.path,
+                key.query.as_deref(),
+                key.body.as_deref().map(str::as_bytes),
+                deadline,
+            )
+            .await?;
+        let now = Instant::now();
+        match Held::from_response(value, key.method.is_write(), now, SystemTime::now()) {
+            Ok(held) => {
+                match held.lease() {
+                    Some(l) => tracing::info!(
+                        spc = %ctx.spc,
+                        object = %object.path,
+                        path = %key.path,
+                        lease = l.path(),
+                        ttl_secs = l.ttl.as_secs(),
+                        renewable = l.renewable,
+                        reissued = reissue,
+                        "issued a dynamic secret"
+                    ),
+                    None => tracing::info!(
+                        spc = %ctx.spc,
+                        object = %object.path,
+                        path = %key.path,
+                        reissued = reissue,
+                        "issued a dynamic secret (no lease)"
+                    ),
+                }
+                leases.put(key.clone(), held, now);
+                Ok(None)
+            }
+            Err(value) => Ok(Some(value)),
+        }
+    }
+
+    /// `PUT sys/leases/renew` for `key`'s lease, asking for its original TTL again.
+    async fn renew_lease(
+        &self,
+        ctx: &Ctx,
+        auth: &mut AuthState,
+        object: &ObjectSpec,
+        key: &ReadKey,
+        leases: &mut VolumeLeases,
+        deadline: Instant,
+    ) -> Result<(), Renewal> {
+        let Some(lease) = leases.held.get(key).and_then(Held::lease) else {
+            return Err(Renewal::Refused);
+        };
+        let (path, ttl) = (lease.path().to_owned(), lease.ttl);
+        let body = lease_body(&lease.id, Some(ttl));
+        let result = self
+            .call(
+                ctx,
+                auth,
+                object.path.as_str(),
+                Method::PUT,
+                RENEW_PATH,
+                None,
+                Some(body.as_slice()),
+                deadline,
+            )
+            .await;
+        let value = match result {
+            Ok(v) => v,
+            Err(e) if e.is_transient() => return Err(Renewal::Failed(e)),
+            Err(e) => {
+                tracing::info!(
+                    spc = %ctx.spc,
+                    object = %object.path,
+                    lease = %path,
+                    error = %e,
+                    "lease renewal refused; issuing the secret again"
+                );
+                return Err(Renewal::Refused);
+            }
+        };
+        let granted = Duration::from_secs(
+            value
+                .get("lease_duration")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        );
+        let renewable = value
+            .get("renewable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        kv::zeroize_value(value);
+        if granted.is_zero() {
+            return Err(Renewal::Refused);
+        }
+        let now = Instant::now();
+        if let Some(h) = leases.held.get_mut(key) {
+            h.renewed(granted, renewable, now);
+        }
+        tracing::info!(
+            spc = %ctx.spc,
+            object = %object.path,
+            lease = %path,
+            granted_secs = granted.as_secs(),
+            capped = granted < ttl,
+            "renewed a dynamic secret's lease"
+        );
+        Ok(())
+    }
+
+    /// Revokes every lease `spec`'s volume still holds (`PUT sys/leases/revoke`).
+    async fn release_volume(&self, spec: &VolumeSpec) {
+        let Some(slot) = self.leases.take(&spec.id) else {
+            return;
+        };
+        let ids = slot.lock().await.drain(Instant::now());
+        if ids.is_empty() {
+            return;
+        }
+        let ctx = match self.context(spec) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(volume = %spec.id, error = %e, "cannot revoke the volume's leases; they end at their TTL");
+                return;
+            }
+        };
+        let mut auth = self.auth_state(spec, &ctx);
+        let deadline = Instant::now() + self.config.retry_deadline;
+        let (mut revoked, mut failed) = (0u32, 0u32);
+        for id in ids {
+            let lease = lease::lease_path(id.expose()).to_owned();
+            let body = lease_body(&id, None);
+            let result = self
+                .call(
+                    &ctx,
+                    &mut auth,
+                    "(volume release)",
+                    Method::PUT,
+                    REVOKE_PATH,
+                    None,
+                    Some(body.as_slice()),
+                    deadline,
+                )
+                .await;
+            match result {
+                Ok(v) => {
+                    kv::zeroize_value(v);
+                    revoked += 1;
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(
+                        volume = %spec.id,
+                        spc = %ctx.spc,
+                        lease = %lease,
+                        error = %e,
+                        "revoking a dynamic secret's lease failed; it ends at its TTL \
+                         (the token's policy needs 'update' on sys/leases/revoke)"
+                    );
+                }
+            }
+        }
+        tracing::info!(volume = %spec.id, spc = %ctx.spc, revoked, failed, "released the volume's dynamic secrets");
+    }
+
+    /// One authenticated request: logs in first if needed, and once more if a cached login
+    /// token is refused (403). Returns the parsed response.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        ctx: &Ctx,
+        auth: &mut AuthState,
+        object: &str,
+        method: Method,
         path: &str,
         query: Option<&str>,
+        body: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<Value, ProviderError> {
         let url = api_url(&ctx.base, path, query);
-        let read_error = |cause| ProviderError::Read {
+        let op = operation(&method, path);
+        let request_error = |cause| ProviderError::Read {
             spc: ctx.spc.clone(),
-            object: object.path.to_string(),
+            object: object.to_owned(),
+            operation: op,
             path: path.to_owned(),
-            address: ctx.address.clone(),
+            address: ctx.shown.clone(),
             cause: Box::new(cause),
         };
-        tracing::debug!(spc = %ctx.spc, object = %object.path, path, "reading OpenBao secret");
+        let deleted = || ProviderError::DeletedVersion {
+            spc: ctx.spc.clone(),
+            object: object.to_owned(),
+            path: path.to_owned(),
+        };
+        tracing::debug!(spc = %ctx.spc, object, path, method = %method, "OpenBao request");
         let token = self.token(ctx, auth, deadline).await?;
-        let cause = match self.get(&url, &token, deadline).await {
+        let cause = match self
+            .send(ctx, method.clone(), &url, &token, body, deadline)
+            .await
+        {
             Ok(v) => return Ok(v),
-            Err(ReadFailure::DeletedVersion) => return Err(deleted(ctx, object, path)),
+            Err(ReadFailure::DeletedVersion) => return Err(deleted()),
             Err(ReadFailure::Cause(c)) => c,
         };
         let AuthState::Login { key, current } = auth else {
-            return Err(read_error(cause));
+            return Err(request_error(cause));
         };
         // Only a token from the cache may have expired; a fresh one is refused for good.
         let from_cache = matches!(current, Some((_, false)));
         if cause.status() != Some(403) || !from_cache {
-            return Err(read_error(cause));
+            return Err(request_error(cause));
         }
         tracing::info!(spc = %ctx.spc, path, "cached OpenBao token refused, logging in again");
         let token = self.cached_login(ctx, key, Some(&token), deadline).await?;
         *current = Some((token.clone(), true));
-        match self.get(&url, &token, deadline).await {
+        match self.send(ctx, method, &url, &token, body, deadline).await {
             Ok(v) => Ok(v),
-            Err(ReadFailure::DeletedVersion) => Err(deleted(ctx, object, path)),
-            Err(ReadFailure::Cause(c)) => Err(read_error(c)),
+            Err(ReadFailure::DeletedVersion) => Err(deleted()),
+            Err(ReadFailure::Cause(c)) => Err(request_error(c)),
         }
     }
 
-    /// The token to read with.
+    /// The token to read with: the caller's, or a cached login token (renewed at two thirds of
+    /// its lease when renewable), or a fresh login.
     async fn token(
         &self,
         ctx: &Ctx,
@@ -555,16 +928,84 @@ impl OpenBaoProvider {
             AuthState::Login { key, current } => {
                 let slot = self.tokens.slot(key);
                 let mut guard = slot.lock().await;
-                if let Some(cached) = guard.as_ref().filter(|c| c.is_fresh(Instant::now())) {
+                let now = Instant::now();
+                if let Some(cached) = guard.as_ref().filter(|c| c.is_fresh(now)) {
                     let t = cached.token.clone();
                     *current = Some((t.clone(), false));
                     return Ok(t);
+                }
+                if let Some(cached) = guard.as_mut().filter(|c| c.can_renew(now)) {
+                    match self.renew_token(ctx, key, cached, deadline).await {
+                        Ok(()) => {
+                            let t = cached.token.clone();
+                            *current = Some((t.clone(), false));
+                            return Ok(t);
+                        }
+                        Err(cause) => tracing::info!(
+                            spc = %ctx.spc,
+                            mount = %key.mount,
+                            role = %key.role,
+                            cause = %cause,
+                            "renewing the OpenBao token failed; logging in again"
+                        ),
+                    }
                 }
                 let t = self.login_into(ctx, key, &mut guard, deadline).await?;
                 *current = Some((t.clone(), true));
                 Ok(t)
             }
         }
+    }
+
+    /// `POST auth/token/renew-self`, asking for the token's original TTL again.
+    async fn renew_token(
+        &self,
+        ctx: &Ctx,
+        key: &LoginKey,
+        cached: &mut CachedToken,
+        deadline: Instant,
+    ) -> Result<(), Cause> {
+        let url = api_url(&ctx.base, "auth/token/renew-self", None);
+        let body = format!("{{\"increment\":{}}}", cached.ttl().as_secs());
+        let (status, value) = self
+            .request(
+                ctx,
+                Method::POST,
+                &url,
+                Some(&cached.token),
+                Some(body.as_bytes()),
+                deadline,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(status_cause(status, value));
+        }
+        let (lease, renewable) = value
+            .get("auth")
+            .map(|a| {
+                (
+                    a.get("lease_duration").and_then(Value::as_u64).unwrap_or(0),
+                    a.get("renewable").and_then(Value::as_bool).unwrap_or(false),
+                )
+            })
+            .unwrap_or((0, false));
+        kv::zeroize_value(value);
+        if lease == 0 {
+            return Err(Cause::InvalidResponse(
+                "the renewal response has no 'auth.lease_duration'".to_owned(),
+            ));
+        }
+        let lease = Duration::from_secs(lease);
+        cached.renewed(lease, renewable, Instant::now());
+        tracing::info!(
+            spc = %ctx.spc,
+            mount = %key.mount,
+            role = %key.role,
+            lease_secs = lease.as_secs(),
+            capped = lease < cached.ttl(),
+            "renewed the OpenBao login token"
+        );
+        Ok(())
     }
 
     /// Logs in again unless another caller already replaced `failed`.
@@ -595,9 +1036,14 @@ impl OpenBaoProvider {
     ) -> Result<SecretString, ProviderError> {
         *slot = None;
         let started = Instant::now();
-        let (token, lease) = self.login(ctx, key, deadline).await?;
-        *slot = Some(CachedToken::new(token.clone(), lease, started));
-        Ok(token)
+        let login = self.login(ctx, key, deadline).await?;
+        *slot = Some(CachedToken::new(
+            login.token.clone(),
+            login.lease,
+            login.renewable,
+            started,
+        ));
+        Ok(login.token)
     }
 
     /// `POST /v1/auth/<mount>/login {"jwt", "role"}`: the token and its lease.
@@ -606,10 +1052,10 @@ impl OpenBaoProvider {
         ctx: &Ctx,
         key: &LoginKey,
         deadline: Instant,
-    ) -> Result<(SecretString, Duration), ProviderError> {
+    ) -> Result<Login, ProviderError> {
         let login_error = |cause| ProviderError::Login {
             spc: ctx.spc.clone(),
-            address: ctx.address.clone(),
+            address: ctx.shown.clone(),
             mount: key.mount.clone(),
             role: key.role.clone(),
             cause: Box::new(cause),
@@ -617,38 +1063,54 @@ impl OpenBaoProvider {
         let url = api_url(&ctx.base, &format!("auth/{}/login", key.mount), None);
         let body = login_body(&key.jwt, &key.role);
         let (status, value) = self
-            .request(Method::POST, &url, None, Some(body.as_slice()), deadline)
+            .request(
+                ctx,
+                Method::POST,
+                &url,
+                None,
+                Some(body.as_slice()),
+                deadline,
+            )
             .await
             .map_err(login_error)?;
         if !status.is_success() {
             return Err(login_error(status_cause(status, value)));
         }
-        let (token, lease) = parse_login(value).map_err(login_error)?;
+        let login = parse_login(value).map_err(login_error)?;
         tracing::info!(
             spc = %ctx.spc,
             mount = %key.mount,
             role = %key.role,
-            lease_secs = lease.as_secs(),
+            lease_secs = login.lease.as_secs(),
+            renewable = login.renewable,
             "logged in to OpenBao"
         );
-        Ok((token, lease))
+        Ok(login)
     }
 
-    /// `GET` a secret: its parsed body on success.
-    async fn get(
+    /// One request with `token`: its parsed body on success.
+    async fn send(
         &self,
+        ctx: &Ctx,
+        method: Method,
         url: &Url,
         token: &SecretString,
+        body: Option<&[u8]>,
         deadline: Instant,
     ) -> Result<Value, ReadFailure> {
         let (status, value) = self
-            .request(Method::GET, url, Some(token), None, deadline)
+            .request(ctx, method, url, Some(token), body, deadline)
             .await
             .map_err(ReadFailure::Cause)?;
         if status.is_success() {
             if let Some(w) = value.get("warnings").and_then(Value::as_array) {
                 for w in w.iter().filter_map(Value::as_str) {
-                    tracing::warn!(path = url.path(), warning = w, "OpenBao warning");
+                    // A renewal capped by the max TTL is expected, and handled.
+                    if url.path().ends_with(RENEW_PATH) {
+                        tracing::debug!(path = url.path(), warning = w, "OpenBao warning");
+                    } else {
+                        tracing::warn!(path = url.path(), warning = w, "OpenBao warning");
+                    }
                 }
             }
             return Ok(value);
@@ -664,6 +1126,7 @@ impl OpenBaoProvider {
     /// the parsed body (`Null` if empty) for every status below 500 except 429.
     async fn request(
         &self,
+        ctx: &Ctx,
         method: Method,
         url: &Url,
         token: Option<&SecretString>,
@@ -675,7 +1138,7 @@ impl OpenBaoProvider {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let cause = match self.attempt(&method, url, token, body).await {
+            let cause = match self.attempt(ctx, &method, url, token, body).await {
                 Ok(r) => return Ok(r),
                 Err(c) => c,
             };
@@ -704,16 +1167,20 @@ impl OpenBaoProvider {
 
     async fn attempt(
         &self,
+        ctx: &Ctx,
         method: &Method,
         url: &Url,
         token: Option<&SecretString>,
         body: Option<&[u8]>,
     ) -> Result<(StatusCode, Value), Cause> {
-        let mut req = self.client.request(method.clone(), url.clone());
+        let mut req = ctx.client.request(method.clone(), url.clone());
         if let Some(t) = token {
             let mut value = HeaderValue::from_str(t.expose()).map_err(|_| Cause::InvalidToken)?;
             value.set_sensitive(true);
             req = req.header(TOKEN_HEADER, value);
+        }
+        if let Some(ns) = &ctx.namespace {
+            req = req.header(NAMESPACE_HEADER, ns.clone());
         }
         if let Some(b) = body {
             req = req
@@ -721,7 +1188,10 @@ impl OpenBaoProvider {
                 .body(b.to_vec());
         }
         let timeout = self.config.request_timeout;
-        let mut resp = req.send().await.map_err(|e| transport_cause(&e, timeout))?;
+        let sent = req.send().await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        crate::metrics::record_openbao_request(method.as_str(), url.path(), status);
+        let mut resp = sent.map_err(|e| transport_cause(&e, timeout))?;
         let status = resp.status();
 
         let limit = self.config.max_body_size();
@@ -768,14 +1238,23 @@ impl Provider for OpenBaoProvider {
     ) -> BoxFuture<'a, Result<Vec<FetchedObject>, ProviderError>> {
         Box::pin(self.fetch_volume(spec))
     }
+
+    fn release<'a>(&'a self, spec: &'a VolumeSpec) -> BoxFuture<'a, ()> {
+        Box::pin(self.release_volume(spec))
+    }
 }
 
-/// Per-fetch context for error messages.
+/// Per-request context: where, through which client, in which namespace.
 struct Ctx {
     spc: String,
     base: Url,
-    /// `base` without a trailing slash, for messages and the token cache key.
+    /// `base` without a trailing slash (the token cache key).
     address: String,
+    /// `address` with the namespace, for messages.
+    shown: String,
+    client: Client,
+    namespace: Option<HeaderValue>,
+    namespace_name: Option<String>,
 }
 
 /// How a fetch authenticates.
@@ -790,17 +1269,80 @@ enum AuthState {
     },
 }
 
+/// A successful login.
+struct Login {
+    token: SecretString,
+    lease: Duration,
+    renewable: bool,
+}
+
 enum ReadFailure {
     DeletedVersion,
     Cause(Cause),
 }
 
-fn deleted(ctx: &Ctx, object: &ObjectSpec, path: &str) -> ProviderError {
-    ProviderError::DeletedVersion {
-        spc: ctx.spc.clone(),
-        object: object.path.to_string(),
-        path: path.to_owned(),
+/// Why a lease was not renewed.
+enum Renewal {
+    /// OpenBao refused (the lease is gone or not renewable): issue the secret again.
+    Refused,
+    /// OpenBao could not be reached: the fetch fails, the last values stay served.
+    Failed(ProviderError),
+}
+
+/// The request an object makes: objects with equal keys share one response.
+fn read_key(o: &ObjectSpec) -> ReadKey {
+    ReadKey {
+        path: o.api_path().to_owned(),
+        query: o.query().map(str::to_owned),
+        method: o.method,
+        body: o
+            .secret_args
+            .as_ref()
+            .map(|a| Value::Object(a.clone()).to_string()),
     }
+}
+
+fn http_method(m: ObjectMethod) -> Method {
+    match m {
+        ObjectMethod::Get => Method::GET,
+        ObjectMethod::Put => Method::PUT,
+        ObjectMethod::Post => Method::POST,
+    }
+}
+
+/// What a request does, for messages.
+fn operation(method: &Method, path: &str) -> &'static str {
+    if path == RENEW_PATH {
+        "renewing a lease at"
+    } else if path == REVOKE_PATH {
+        "revoking a lease at"
+    } else if *method == Method::GET {
+        "reading"
+    } else {
+        "issuing a secret at"
+    }
+}
+
+/// `{"lease_id": …[, "increment": …]}` in a buffer wiped when dropped.
+fn lease_body(id: &SecretString, increment: Option<Duration>) -> ZeroizingBuf {
+    let mut buf = ZeroizingBuf::with_capacity(id.expose().len() + 48);
+    let mut body = serde_json::Map::new();
+    body.insert("lease_id".to_owned(), Value::String(id.expose().to_owned()));
+    if let Some(i) = increment {
+        body.insert("increment".to_owned(), Value::from(i.as_secs()));
+    }
+    let body = Value::Object(body);
+    // Serializing into memory cannot fail.
+    if serde_json::to_writer(&mut buf, &body).is_err() {
+        buf.clear();
+    }
+    kv::zeroize_value(body);
+    buf
+}
+
+/// The wall-clock time of a monotonic instant (for the poller).
+fn wall_clock(at: Instant) -> SystemTime {
+    SystemTime::now() + at.saturating_duration_since(Instant::now())
 }
 
 fn extract_error(spc: &str, object: &ObjectSpec, e: ExtractError) -> ProviderError {
@@ -903,8 +1445,9 @@ fn login_body(jwt: &SecretString, role: &str) -> ZeroizingBuf {
     buf
 }
 
-/// `auth.client_token` and `auth.lease_duration` of a login response; the rest is wiped.
-fn parse_login(mut value: Value) -> Result<(SecretString, Duration), Cause> {
+/// `auth.client_token`, `auth.lease_duration` and `auth.renewable` of a login response; the
+/// rest is wiped.
+fn parse_login(mut value: Value) -> Result<Login, Cause> {
     let auth = value.get_mut("auth").map(Value::take);
     kv::zeroize_value(value);
     let Some(Value::Object(mut auth)) = auth else {
@@ -919,12 +1462,18 @@ fn parse_login(mut value: Value) -> Result<(SecretString, Duration), Cause> {
         .get("lease_duration")
         .and_then(Value::as_u64)
         .unwrap_or(0);
+    let renewable = auth
+        .get("renewable")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let token = auth.remove("client_token");
     kv::zeroize_value(Value::Object(auth));
     match token {
-        Some(Value::String(t)) if !t.is_empty() => {
-            Ok((SecretString::new(t), Duration::from_secs(lease)))
-        }
+        Some(Value::String(t)) if !t.is_empty() => Ok(Login {
+            token: SecretString::new(t),
+            lease: Duration::from_secs(lease),
+            renewable,
+        }),
         other => {
             if let Some(o) = other {
                 kv::zeroize_value(o);
@@ -978,6 +1527,9 @@ fn truncate(mut s: String, max: usize) -> String {
 fn transport_cause(e: &reqwest::Error, timeout: Duration) -> Cause {
     if e.is_timeout() {
         return Cause::Timeout(timeout);
+    }
+    if let Some(problem) = tls::describe_failure(e) {
+        return Cause::Tls(problem);
     }
     let chain = error_chain(e);
     let lower = chain.to_ascii_lowercase();

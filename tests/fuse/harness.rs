@@ -489,6 +489,8 @@ pub struct MountOpts {
     pub extra: Vec<String>,
     /// Override `--target` (default: a fresh `<dir>/target`).
     pub target: Option<PathBuf>,
+    /// Override `--state-dir` (default: a fresh `<dir>/state`), e.g. to share it.
+    pub state: Option<PathBuf>,
     /// Environment for the process (BAO_*/VAULT_* are otherwise removed).
     pub env: Vec<(String, String)>,
 }
@@ -503,8 +505,15 @@ impl MountOpts {
             interval: Some("2m".to_string()),
             extra: Vec::new(),
             target: None,
+            state: None,
             env: Vec::new(),
         }
+    }
+
+    /// Uses `dir` as `--state-dir`.
+    pub fn state(mut self, dir: &Path) -> Self {
+        self.state = Some(dir.to_owned());
+        self
     }
 
     /// Sets `--rotation-poll-interval`.
@@ -535,7 +544,10 @@ fn prepare(label: &str, opts: &MountOpts) -> Prepared {
         Some(t) => t.clone(),
         None => dir.subdir("target"),
     };
-    let state = dir.subdir("state");
+    let state = match &opts.state {
+        Some(s) => s.clone(),
+        None => dir.subdir("state"),
+    };
     let spc = dir.write("spc.yaml", &opts.spc);
     let mut args: Vec<String> = vec![
         "mount".into(),
@@ -733,6 +745,18 @@ impl Mounted {
             "baofs printed more than the ready line on stdout: {extra:?}"
         );
         status
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: waits for the exit and cleans up nothing. The
+    /// dead mounts stay; the returned guard keeps the temp dir (and the target) until dropped.
+    pub fn kill_hard(mut self) -> (PathBuf, TempDir) {
+        let mut child = self.child.take().expect("not stopped yet");
+        signal(child.id(), libc::SIGKILL);
+        if wait_timeout(&mut child, EXIT_TIMEOUT).is_none() {
+            panic!("baofs did not die within {EXIT_TIMEOUT:?} of SIGKILL");
+        }
+        let dir = std::mem::replace(&mut self._dir, TempDir::new("killed-placeholder"));
+        (self.target.clone(), dir)
     }
 
     /// `stop_with(SIGTERM)`.

@@ -17,16 +17,16 @@ use crate::harness::{
 };
 
 /// The audience our test roles bind and our tokens carry.
-const AUDIENCE: &str = "openbao";
+pub(crate) const AUDIENCE: &str = "openbao";
 
 /// The RSA key pair the test "cluster" signs service-account tokens with (one per process),
 /// kept in memory; files exist only while `openssl` needs them.
-struct Keys {
+pub(crate) struct Keys {
     private_pem: String,
-    public_pem: String,
+    pub(crate) public_pem: String,
 }
 
-fn keys() -> &'static Keys {
+pub(crate) fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let dir = TempDir::new("jwt-keys");
@@ -105,7 +105,7 @@ fn sign_jwt(claims: &Value) -> String {
 }
 
 /// A Kubernetes service-account token for `namespace/sa`, valid for an hour.
-fn sa_token(namespace: &str, sa: &str) -> String {
+pub(crate) fn sa_token(namespace: &str, sa: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -126,7 +126,7 @@ fn sa_token(namespace: &str, sa: &str) -> String {
 }
 
 /// Enables (idempotently) a `jwt` auth method at `mount` that trusts the test key.
-fn ensure_jwt_auth(bao: &Bao, mount: &str) {
+pub(crate) fn ensure_jwt_auth(bao: &Bao, mount: &str) {
     // Serialise the enable-or-reuse check among this process's tests.
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -224,7 +224,7 @@ spec:
     out.join("\n") + "\n"
 }
 
-fn jwt_opts(cx: &Ctx, spc: String, jwt: String) -> MountOpts {
+pub(crate) fn jwt_opts(cx: &Ctx, spc: String, jwt: String) -> MountOpts {
     let mut o = MountOpts::new(cx, spc);
     o.token = None;
     o.jwt = Some(jwt);

@@ -8,11 +8,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod dynamic;
 mod errors;
 mod harness;
 mod jwt;
 mod kv;
 mod layout;
+mod namespace;
 mod readonly;
+mod renewal;
 mod rotation;
 mod signals;
+mod tls;

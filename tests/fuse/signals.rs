@@ -66,3 +66,49 @@ fn sigterm_with_open_file_still_unmounts() {
     drop(held);
     drop(held_dir);
 }
+
+/// A process killed with SIGKILL leaves a dead connection: a file the kernel has not cached
+/// answers ENOTCONN (a file already read keeps being served from the page cache, since opens
+/// and cached reads never reach userspace). The next baofs process with the same state
+/// directory detaches those dead mounts (and only those) before it mounts anything, instead of
+/// leaving them to break pods until they are recreated.
+#[test]
+fn sigkill_leaves_enotconn_and_the_next_start_detaches_it() {
+    let Some(cx) = setup() else { return };
+    let state = crate::harness::TempDir::new("sigkill-state");
+    let name = unique("kill");
+    cx.bao
+        .kv2_put(&name, json!({"k": "survivor", "never": "read"}));
+    let spc = spc_yaml(
+        &unique("kill"),
+        &cx.bao.addr,
+        "kill",
+        &[
+            obj("k", &format!("secret/data/{name}"), Some("k")),
+            obj("never", &format!("secret/data/{name}"), Some("never")),
+        ],
+    );
+    let first = Mounted::start(MountOpts::new(&cx, spc.clone()).state(state.path()));
+    assert_eq!(first.read_string("k"), "survivor");
+    let (dead_target, _keep) = first.kill_hard();
+    let err = std::fs::read(dead_target.join("never")).expect_err("lookup on a dead mount");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+
+    let second = Mounted::start(MountOpts::new(&cx, spc).state(state.path()));
+    assert!(
+        mounts_at(&dead_target).is_empty(),
+        "the dead target is still mounted: {:?}",
+        mounts_at(&dead_target)
+    );
+    assert_eq!(second.read_string("k"), "survivor");
+    assert!(
+        second
+            .stderr()
+            .contains("detached a volume of a dead baofs process"),
+        "no log line about the detached mount:\n{}",
+        second.stderr()
+    );
+    let status = second.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(mounts_under(state.path()).is_empty());
+}

@@ -1,5 +1,8 @@
-//! The login-token cache: one OpenBao token per (address, auth mount, role, JWT), reused until
-//! shortly before its lease ends (anchors.md §11, plus the TTL tracking upstream lacks).
+//! The login-token cache: one OpenBao token per (address, namespace, auth mount, role, JWT),
+//! reused until shortly before its lease ends (anchors.md §11, plus the TTL tracking upstream
+//! lacks). A renewable token is renewed (`auth/token/renew-self`) at two thirds of its lease
+//! instead of logging in again; that keeps the leases it created (dynamic secrets) alive, since
+//! OpenBao revokes a token's leases with the token.
 //!
 //! Each key has its own async slot, so concurrent fetches for the same key log in once, and a
 //! caller that saw a token fail (403) replaces it only if nobody has already done so. Keys hold
@@ -17,12 +20,15 @@ use crate::secret::SecretString;
 const MAX_ENTRIES: usize = 4096;
 /// Smallest refresh margin before a token's lease ends.
 const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(5);
+/// A renewal is not tried when the token ends sooner than this.
+const RENEW_SLACK: Duration = Duration::from_millis(250);
 
 /// What a login token is cached under. The JWT is part of the key: a token obtained with one
 /// pod's JWT is never handed to another.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct LoginKey {
     pub(crate) address: String,
+    pub(crate) namespace: Option<String>,
     pub(crate) mount: String,
     pub(crate) role: String,
     pub(crate) jwt: SecretString,
@@ -31,6 +37,7 @@ pub(crate) struct LoginKey {
 impl Hash for LoginKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.address.hash(state);
+        self.namespace.hash(state);
         self.mount.hash(state);
         self.role.hash(state);
         self.jwt.expose().hash(state);
@@ -43,30 +50,77 @@ impl fmt::Debug for LoginKey {
     }
 }
 
-/// A login token and when to stop using it.
+/// A login token and when to renew or replace it.
 #[derive(Clone)]
 pub(crate) struct CachedToken {
     pub(crate) token: SecretString,
+    /// The lease the token was issued with: the increment asked for at each renewal.
+    ttl: Duration,
+    /// Whether OpenBao allows renewing it (and the last renewal was not capped by a max TTL).
+    renewable: bool,
     /// `None`: the lease never ends (lease_duration 0).
+    expires_at: Option<Instant>,
+    /// When to renew (renewable) or log in again (otherwise); `None` with `expires_at`.
     refresh_at: Option<Instant>,
 }
 
 impl CachedToken {
-    /// A token with a lease of `lease` obtained at `now`. It is refreshed when less than
-    /// max(10 % of the lease, 5 s) remains.
-    pub(crate) fn new(token: SecretString, lease: Duration, now: Instant) -> Self {
-        let refresh_at = if lease.is_zero() {
-            None
-        } else {
-            let margin = (lease / 10).max(MIN_REFRESH_MARGIN);
-            Some(now + lease.saturating_sub(margin))
+    /// A token with a lease of `lease` obtained at `now`. A renewable token is renewed at two
+    /// thirds of its lease; any other is replaced when less than max(10 % of the lease, 5 s)
+    /// remains.
+    pub(crate) fn new(token: SecretString, lease: Duration, renewable: bool, now: Instant) -> Self {
+        let mut t = Self {
+            token,
+            ttl: lease,
+            renewable,
+            expires_at: None,
+            refresh_at: None,
         };
-        Self { token, refresh_at }
+        t.schedule(lease, now);
+        t
     }
 
-    /// Whether the token may still be used at `now`.
+    fn schedule(&mut self, lease: Duration, now: Instant) {
+        if lease.is_zero() {
+            self.expires_at = None;
+            self.refresh_at = None;
+            return;
+        }
+        self.expires_at = Some(now + lease);
+        self.refresh_at = Some(if self.renewable {
+            now + lease * 2 / 3
+        } else {
+            let margin = (self.ttl / 10).max(MIN_REFRESH_MARGIN);
+            now + lease.saturating_sub(margin)
+        });
+    }
+
+    /// Records a renewal at `now` that granted `lease`. A lease shorter than asked for means
+    /// the token's max TTL is near: it is not renewed again but replaced by a login shortly
+    /// before it ends.
+    pub(crate) fn renewed(&mut self, lease: Duration, renewable: bool, now: Instant) {
+        self.renewable = renewable && lease >= self.ttl;
+        self.schedule(lease, now);
+    }
+
+    /// Whether the token may still be used at `now` without renewing it.
     pub(crate) fn is_fresh(&self, now: Instant) -> bool {
         self.refresh_at.is_none_or(|t| now < t)
+    }
+
+    /// Whether renewing (rather than logging in again) makes sense at `now`.
+    pub(crate) fn can_renew(&self, now: Instant) -> bool {
+        self.renewable && self.expires_at.is_some_and(|e| now + RENEW_SLACK < e)
+    }
+
+    /// The increment to ask for at a renewal.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When the token should next be renewed or replaced.
+    pub(crate) fn refresh_at(&self) -> Option<Instant> {
+        self.refresh_at
     }
 }
 
@@ -74,6 +128,8 @@ impl fmt::Debug for CachedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedToken")
             .field("token", &self.token)
+            .field("ttl", &self.ttl)
+            .field("renewable", &self.renewable)
             .field("refresh_at", &self.refresh_at)
             .finish()
     }
@@ -139,6 +195,7 @@ mod tests {
     fn key(jwt: &str) -> LoginKey {
         LoginKey {
             address: "http://127.0.0.1:8200/".into(),
+            namespace: None,
             mount: "kubernetes".into(),
             role: "app".into(),
             jwt: SecretString::new(jwt.into()),
@@ -149,16 +206,41 @@ mod tests {
     fn refresh_margin_is_ten_percent_or_five_seconds() {
         let now = Instant::now();
         let t = SecretString::new("s.tok".into());
-        let hour = CachedToken::new(t.clone(), Duration::from_secs(3600), now);
+        let hour = CachedToken::new(t.clone(), Duration::from_secs(3600), false, now);
         assert!(hour.is_fresh(now + Duration::from_secs(3239)));
         assert!(!hour.is_fresh(now + Duration::from_secs(3240)));
-        let short = CachedToken::new(t.clone(), Duration::from_secs(20), now);
+        assert!(!hour.can_renew(now));
+        let short = CachedToken::new(t.clone(), Duration::from_secs(20), false, now);
         assert!(short.is_fresh(now + Duration::from_secs(14)));
         assert!(!short.is_fresh(now + Duration::from_secs(15)));
-        let tiny = CachedToken::new(t.clone(), Duration::from_secs(3), now);
+        let tiny = CachedToken::new(t.clone(), Duration::from_secs(3), false, now);
         assert!(!tiny.is_fresh(now));
-        let forever = CachedToken::new(t, Duration::ZERO, now);
+        let forever = CachedToken::new(t, Duration::ZERO, true, now);
         assert!(forever.is_fresh(now + Duration::from_secs(10 * 365 * 86400)));
+    }
+
+    #[test]
+    fn renewable_tokens_renew_at_two_thirds_until_capped() {
+        let now = Instant::now();
+        let s = |n| now + Duration::from_secs(n);
+        let mut t = CachedToken::new(
+            SecretString::new("s.tok".into()),
+            Duration::from_secs(30),
+            true,
+            now,
+        );
+        assert!(t.is_fresh(s(19)));
+        assert!(!t.is_fresh(s(20)));
+        assert!(t.can_renew(s(20)));
+        assert!(!t.can_renew(s(30)), "an expired token is not renewed");
+        t.renewed(Duration::from_secs(30), true, s(20));
+        assert_eq!(t.refresh_at(), Some(s(40)));
+        assert!(t.can_renew(s(40)));
+        // Capped by the max TTL: no more renewals, replaced 5 s before the end.
+        t.renewed(Duration::from_secs(12), true, s(40));
+        assert!(!t.can_renew(s(45)));
+        assert_eq!(t.refresh_at(), Some(s(47)));
+        assert_eq!(t.ttl(), Duration::from_secs(30));
     }
 
     #[tokio::test]
@@ -172,6 +254,7 @@ mod tests {
         *a.lock().await = Some(CachedToken::new(
             SecretString::new("s.a".into()),
             Duration::from_secs(60),
+            false,
             Instant::now(),
         ));
         assert!(b.lock().await.is_none());
@@ -188,6 +271,7 @@ mod tests {
                 *slot.try_lock().expect("free") = Some(CachedToken::new(
                     SecretString::new("s.x".into()),
                     Duration::from_secs(600),
+                    false,
                     now,
                 ));
             }
@@ -204,6 +288,7 @@ mod tests {
         let t = CachedToken::new(
             SecretString::new("s.secret-token".into()),
             Duration::from_secs(1),
+            true,
             Instant::now(),
         );
         assert!(!format!("{t:?}").contains("secret-token"));

@@ -66,6 +66,15 @@ pub fn is_deleted_version(response: &Value) -> bool {
         .is_some_and(|d| is_kv2(d) && d.get("data").is_some_and(Value::is_null))
 }
 
+/// The KV v2 `metadata.version` of a response, if it is a KV v2 read.
+pub fn kv2_version(response: &Value) -> Option<u64> {
+    let data = response.get("data")?;
+    if !is_kv2(data) {
+        return None;
+    }
+    data.get("metadata")?.get("version")?.as_u64()
+}
+
 /// The payload of a response: `data.data` for KV v2, `data` otherwise.
 pub fn payload(response: &Value) -> Result<&Value, ExtractError> {
     let data = response
@@ -299,6 +308,8 @@ mod tests {
             secret_key: key.map(str::to_owned),
             mode: None,
             encoding,
+            method: crate::spc::ObjectMethod::Get,
+            secret_args: None,
         }
     }
 

@@ -50,9 +50,10 @@ fn address_validation() {
 fn login_response_parsing() {
     let resp = json!({"request_id": "r", "auth": {"client_token": "s.abc", "accessor": "x",
         "policies": ["p"], "lease_duration": 2764800, "renewable": true}});
-    let (token, lease) = parse_login(resp).expect("ok");
-    assert_eq!(token.expose(), "s.abc");
-    assert_eq!(lease, Duration::from_secs(2_764_800));
+    let login = parse_login(resp).expect("ok");
+    assert_eq!(login.token.expose(), "s.abc");
+    assert_eq!(login.lease, Duration::from_secs(2_764_800));
+    assert!(login.renewable);
     assert!(matches!(
         parse_login(json!({"auth": null})),
         Err(Cause::InvalidResponse(_))
@@ -114,6 +115,7 @@ fn provider_error_accessors() {
     let read = |status| ProviderError::Read {
         spc: "ns/app".into(),
         object: "db/password".into(),
+        operation: "reading",
         path: "secret/data/db".into(),
         address: "http://bao:8200".into(),
         cause: Box::new(Cause::Status {
@@ -176,6 +178,7 @@ fn debug_of_config_and_provider_shows_no_secret() {
     let provider = OpenBaoProvider::new(config).expect("client");
     let key = LoginKey {
         address: "http://bao:8200".into(),
+        namespace: None,
         mount: "kubernetes".into(),
         role: "r".into(),
         jwt: SecretString::new("jwt-secret-value".into()),
@@ -184,6 +187,7 @@ fn debug_of_config_and_provider_shows_no_secret() {
     *slot.try_lock().expect("free") = Some(CachedToken::new(
         SecretString::new("s.token-secret".into()),
         Duration::from_secs(60),
+        true,
         Instant::now(),
     ));
     let dbg = format!("{provider:?}");
@@ -209,6 +213,7 @@ struct Seen {
     method: String,
     target: String,
     token: Option<String>,
+    namespace: Option<String>,
     body: String,
 }
 
@@ -231,7 +236,7 @@ fn stand_in(handler: Box<Handler>) -> (String, Arc<Mutex<Vec<Seen>>>) {
             let mut parts = line.split_whitespace();
             let method = parts.next().unwrap_or_default().to_owned();
             let target = parts.next().unwrap_or_default().to_owned();
-            let (mut token, mut len) = (None, 0usize);
+            let (mut token, mut namespace, mut len) = (None, None, 0usize);
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
@@ -240,6 +245,7 @@ fn stand_in(handler: Box<Handler>) -> (String, Arc<Mutex<Vec<Seen>>>) {
                 if let Some((k, v)) = h.split_once(':') {
                     match k.trim().to_ascii_lowercase().as_str() {
                         "x-vault-token" => token = Some(v.trim().to_owned()),
+                        "x-vault-namespace" => namespace = Some(v.trim().to_owned()),
                         "content-length" => len = v.trim().parse().unwrap_or(0),
                         _ => {}
                     }
@@ -251,6 +257,7 @@ fn stand_in(handler: Box<Handler>) -> (String, Arc<Mutex<Vec<Seen>>>) {
                 method,
                 target,
                 token,
+                namespace,
                 body: String::from_utf8_lossy(&body).into_owned(),
             };
             let index = {
@@ -390,6 +397,7 @@ async fn login_is_cached_and_redone_once_on_403() {
     // A cached token that the server revoked: one more login, then the read succeeds.
     let slot = p.tokens.slot(&LoginKey {
         address: addr.clone(),
+        namespace: None,
         mount: "kubernetes".into(),
         role: "app-role".into(),
         jwt: SecretString::new("jwt-1".into()),
@@ -397,6 +405,7 @@ async fn login_is_cached_and_redone_once_on_403() {
     *slot.lock().await = Some(CachedToken::new(
         SecretString::new("s.revoked".into()),
         Duration::from_secs(3600),
+        false,
         Instant::now(),
     ));
     let got = p.fetch(&spec).await.expect("relogin");
@@ -579,6 +588,336 @@ async fn not_found_deleted_and_missing_key() {
     let msg = format!("{e} {e:?}");
     assert!(
         msg.contains("object 'o'") && msg.contains("hex") && !msg.contains("hunter2"),
+        "{msg}"
+    );
+}
+
+fn volume_with(address: &str, params: &str, objects: &str, credentials: Credentials) -> VolumeSpec {
+    let yaml = format!(
+        "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\n\
+         metadata: {{name: app, namespace: ns}}\nspec:\n  provider: openbao\n  parameters:\n\
+         \x20   roleName: app-role\n    vaultAddress: '{address}'\n{params}    objects: |\n{objects}"
+    );
+    VolumeSpec {
+        id: "vol".into(),
+        spc: SecretProviderClass::from_yaml(&yaml).expect("spc"),
+        pod: PodInfo::default(),
+        credentials,
+        ownership: Ownership::default(),
+    }
+}
+
+fn count(seen: &Arc<Mutex<Vec<Seen>>>, f: impl Fn(&Seen) -> bool) -> usize {
+    seen.lock().expect("log").iter().filter(|s| f(s)).count()
+}
+
+/// Fetches `spec` every 20 ms until `done` holds (5 s at most); returns the last fetch.
+async fn fetch_until(
+    p: &OpenBaoProvider,
+    spec: &VolumeSpec,
+    what: &str,
+    done: impl Fn() -> bool,
+) -> Vec<FetchedObject> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = p.fetch(spec).await.expect("fetch");
+        if done() {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn dynamic_secret_is_issued_once_renewed_reissued_when_refused_and_revoked() {
+    let issued = Arc::new(Mutex::new(0usize));
+    let renews = Arc::new(Mutex::new(0usize));
+    let (i2, n2) = (Arc::clone(&issued), Arc::clone(&renews));
+    let (addr, seen) = stand_in(Box::new(move |req, _| match req.target.as_str() {
+        "/v1/database/creds/app" => {
+            let mut i = i2.lock().expect("issued");
+            *i += 1;
+            (
+                200,
+                format!(
+                    r#"{{"request_id":"r{i}","lease_id":"database/creds/app/L{i}","renewable":true,"lease_duration":1,"data":{{"username":"u{i}","password":"p{i}"}}}}"#
+                ),
+            )
+        }
+        "/v1/sys/leases/renew" => {
+            let mut n = n2.lock().expect("renews");
+            *n += 1;
+            if *n == 1 {
+                (
+                    200,
+                    r#"{"lease_id":"database/creds/app/L1","renewable":true,"lease_duration":1,"data":null}"#.to_owned(),
+                )
+            } else {
+                (400, r#"{"errors":["lease not found"]}"#.to_owned())
+            }
+        }
+        "/v1/sys/leases/revoke" => (204, String::new()),
+        _ => (404, r#"{"errors":[]}"#.to_owned()),
+    }));
+    let spec = volume(
+        &addr,
+        "      - {objectName: user, secretPath: database/creds/app, secretKey: username}\n\
+         \x20     - {objectName: pass, secretPath: database/creds/app, secretKey: password}\n\
+         \x20     - {objectName: all, secretPath: database/creds/app}\n",
+        token("s.root"),
+    );
+    let p = provider(1000);
+    let first = p.fetch(&spec).await.expect("fetch");
+    assert_eq!(
+        values(&first),
+        [
+            ("user".into(), "u1".into()),
+            ("pass".into(), "p1".into()),
+            ("all".into(), r#"{"password":"p1","username":"u1"}"#.into()),
+        ],
+        "three objects, one lease"
+    );
+    let soon = SystemTime::now() + Duration::from_secs(1);
+    assert!(
+        first
+            .iter()
+            .all(|o| o.refresh_at.is_some_and(|t| t <= soon)),
+        "renewal due at two thirds of the 1 s lease"
+    );
+    let again = p.fetch(&spec).await.expect("reuse");
+    assert_eq!(values(&again)[0].1, "u1");
+    assert_eq!(
+        again[0].version, first[0].version,
+        "same content, same version"
+    );
+    assert_eq!(count(&seen, |s| s.target == "/v1/database/creds/app"), 1);
+
+    // Renewed at two thirds (the same credential), then the renewal is refused: re-issued.
+    let renewed = fetch_until(&p, &spec, "a renewal", || *renews.lock().expect("n") >= 1).await;
+    assert_eq!(values(&renewed)[0].1, "u1");
+    let renew = seen
+        .lock()
+        .expect("log")
+        .iter()
+        .find(|s| s.target == "/v1/sys/leases/renew")
+        .cloned()
+        .expect("renew request");
+    assert_eq!(renew.method, "PUT");
+    assert_eq!(
+        serde_json::from_str::<Value>(&renew.body).expect("json"),
+        json!({"lease_id": "database/creds/app/L1", "increment": 1})
+    );
+    let reissued = fetch_until(&p, &spec, "a re-issue", || *issued.lock().expect("i") >= 2).await;
+    assert_eq!(values(&reissued)[0].1, "u2");
+    assert_ne!(reissued[0].version, first[0].version);
+
+    // Release revokes the current lease (the refused one is gone already).
+    p.release(&spec).await;
+    let revokes: Vec<Seen> = seen
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|s| s.target == "/v1/sys/leases/revoke")
+        .cloned()
+        .collect();
+    assert_eq!(revokes.len(), 1, "{revokes:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&revokes[0].body).expect("json"),
+        json!({"lease_id": "database/creds/app/L2"})
+    );
+    assert_eq!(p.leases.len(), 0);
+    p.release(&spec).await;
+    assert_eq!(count(&seen, |s| s.target == "/v1/sys/leases/revoke"), 1);
+}
+
+#[tokio::test]
+async fn leases_are_per_volume() {
+    let (addr, seen) = stand_in(Box::new(|req, i| match req.target.as_str() {
+        "/v1/database/creds/app" => (
+            200,
+            format!(
+                r#"{{"lease_id":"database/creds/app/L{i}","renewable":true,"lease_duration":3600,"data":{{"username":"u{i}"}}}}"#
+            ),
+        ),
+        _ => (204, String::new()),
+    }));
+    let objects =
+        "      - {objectName: user, secretPath: database/creds/app, secretKey: username}\n";
+    let a = volume(&addr, objects, token("t"));
+    let mut b = volume(&addr, objects, token("t"));
+    b.id = "vol-b".into();
+    let p = provider(1000);
+    let ua = values(&p.fetch(&a).await.expect("a"))[0].1.clone();
+    let ub = values(&p.fetch(&b).await.expect("b"))[0].1.clone();
+    assert_ne!(ua, ub, "two volumes never share a credential");
+    assert_eq!(values(&p.fetch(&a).await.expect("a"))[0].1, ua);
+    p.release(&a).await;
+    assert_eq!(count(&seen, |s| s.target == "/v1/sys/leases/revoke"), 1);
+    assert_eq!(
+        values(&p.fetch(&b).await.expect("b"))[0].1,
+        ub,
+        "b keeps its lease"
+    );
+}
+
+#[tokio::test]
+async fn pki_write_sends_secret_args_once() {
+    let expiration = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let (addr, seen) = stand_in(Box::new(move |_, i| {
+        (
+            200,
+            format!(
+                r#"{{"lease_id":"","renewable":false,"lease_duration":0,"data":{{"certificate":"CERT{i}","private_key":"KEY{i}","serial_number":"{i}","expiration":{expiration}}}}}"#
+            ),
+        )
+    }));
+    let spec = volume(
+        &addr,
+        "      - {objectName: tls.crt, secretPath: pki/issue/web, method: PUT, secretArgs: {common_name: app.example.com, ttl: 1h}, secretKey: certificate}\n\
+         \x20     - {objectName: tls.key, secretPath: pki/issue/web, method: PUT, secretArgs: {ttl: 1h, common_name: app.example.com}, secretKey: private_key}\n",
+        token("t"),
+    );
+    let p = provider(1000);
+    let got = p.fetch(&spec).await.expect("issue");
+    assert_eq!(
+        values(&got),
+        [
+            ("tls.crt".into(), "CERT0".into()),
+            ("tls.key".into(), "KEY0".into())
+        ]
+    );
+    let later = SystemTime::now() + Duration::from_secs(2300);
+    assert!(
+        got[0].refresh_at.is_some_and(|t| t > later),
+        "re-issued at two thirds of the certificate's validity"
+    );
+    p.fetch(&spec).await.expect("kept");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen.len(), 1, "issued once: {seen:?}");
+    assert_eq!(seen[0].method, "PUT");
+    assert_eq!(seen[0].target, "/v1/pki/issue/web");
+    assert_eq!(
+        serde_json::from_str::<Value>(&seen[0].body).expect("json"),
+        json!({"common_name": "app.example.com", "ttl": "1h"})
+    );
+    p.release(&spec).await;
+}
+
+#[tokio::test]
+async fn namespace_is_sent_on_login_and_reads() {
+    let (addr, seen) = stand_in(Box::new(|req, _| {
+        if req.target.ends_with("/login") {
+            (
+                200,
+                r#"{"auth":{"client_token":"s.t","lease_duration":3600,"renewable":false}}"#
+                    .to_owned(),
+            )
+        } else {
+            (200, KV2.to_owned())
+        }
+    }));
+    let spec = volume_with(
+        &addr,
+        "    baoNamespace: team-a/sub\n",
+        "      - {objectName: p, secretPath: secret/data/db, secretKey: pass}\n",
+        jwt("j"),
+    );
+    provider(1000).fetch(&spec).await.expect("fetch");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|s| s.namespace.as_deref() == Some("team-a/sub")),
+        "{seen:?}"
+    );
+    // Without the parameter, no header.
+    let (addr, seen) = stand_in(Box::new(|_, _| (200, KV2.to_owned())));
+    let spec = volume(
+        &addr,
+        "      - {objectName: p, secretPath: secret/data/db, secretKey: pass}\n",
+        token("t"),
+    );
+    provider(1000).fetch(&spec).await.expect("fetch");
+    assert_eq!(seen.lock().expect("log")[0].namespace, None);
+}
+
+#[tokio::test]
+async fn renewable_login_token_is_renewed_instead_of_a_new_login() {
+    let (addr, seen) = stand_in(Box::new(|req, _| {
+        if req.target.ends_with("/login") || req.target == "/v1/auth/token/renew-self" {
+            (
+                200,
+                r#"{"auth":{"client_token":"s.login","lease_duration":1,"renewable":true}}"#
+                    .to_owned(),
+            )
+        } else {
+            (200, KV2.to_owned())
+        }
+    }));
+    let spec = volume(
+        &addr,
+        "      - {objectName: p, secretPath: secret/data/db, secretKey: pass}\n",
+        jwt("j"),
+    );
+    let p = provider(1000);
+    let renew_self = |s: &Seen| s.target == "/v1/auth/token/renew-self";
+    fetch_until(&p, &spec, "two renewals", || count(&seen, renew_self) >= 2).await;
+    assert_eq!(count(&seen, |s| s.target.ends_with("/login")), 1);
+    let renewal = seen
+        .lock()
+        .expect("log")
+        .iter()
+        .find(|s| renew_self(s))
+        .cloned()
+        .expect("renewal");
+    assert_eq!(renewal.method, "POST");
+    assert_eq!(renewal.token.as_deref(), Some("s.login"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&renewal.body).expect("json"),
+        json!({"increment": 1})
+    );
+}
+
+#[tokio::test]
+async fn versions_are_stable_and_carry_the_kv2_version() {
+    let (addr, _) = stand_in(Box::new(|_, _| (200, KV2.to_owned())));
+    let spec = volume(
+        &addr,
+        "      - {objectName: p, secretPath: secret/data/db, secretKey: pass}\n\
+         \x20     - {objectName: u, secretPath: secret/data/db, secretKey: user}\n",
+        token("t"),
+    );
+    let p = provider(1000);
+    let a = p.fetch(&spec).await.expect("fetch");
+    let b = p.fetch(&spec).await.expect("fetch");
+    assert_eq!(a[0].version, b[0].version);
+    assert!(a[0].version.starts_with("v2-"), "{}", a[0].version);
+    assert_ne!(a[0].version, a[1].version);
+    assert!(!a[0].version.contains("hunter2"));
+    assert!(
+        a.iter().all(|o| o.refresh_at.is_none()),
+        "KV needs no early poll"
+    );
+}
+
+#[tokio::test]
+async fn tls_file_problems_name_the_parameter() {
+    let spec = volume_with(
+        "https://127.0.0.1:1",
+        "    vaultCACertPath: /nonexistent/ca.pem\n",
+        "      - {objectName: p, secretPath: s/p}\n",
+        token("t"),
+    );
+    let e = provider(0).fetch(&spec).await.expect_err("no CA file");
+    assert_eq!(e.reason(), "tls_config");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("'<prefix>CACertPath'") && msg.contains("/nonexistent/ca.pem"),
         "{msg}"
     );
 }

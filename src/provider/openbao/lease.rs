@@ -1,0 +1,511 @@
+//! Dynamic secrets: what one volume keeps between polls (pure state; the HTTP calls are in the
+//! parent module).
+//!
+//! Upstream re-issues a dynamic secret at every mount and poll and never renews or revokes
+//! anything (anchors.md §13: 5 RabbitMQ credentials in 10–12 minutes). baofs keeps one response
+//! per (path, query, method, body) of a volume:
+//!
+//! - A response with a `lease_id` (e.g. `database/creds/<role>`, by GET or PUT) is kept while
+//!   its lease is valid and renewed at two thirds of it (`sys/leases/renew`, asking for the
+//!   original TTL again). When a renewal is refused, or grants less than asked (the max TTL is
+//!   near), or the lease is not renewable, the secret is issued again at the same point of the
+//!   lease, so the file changes (atomically, like a rotation) while the old credential still has
+//!   a third of its lease to go. Superseded leases are left to expire (apps may still hold
+//!   connections) but are revoked with the volume.
+//! - A PUT/POST response without a lease (e.g. `pki/issue/<role>`) is issued once; when its data
+//!   has an `expiration` (Unix seconds, as PKI certificates do) it is issued again at two thirds
+//!   of its validity.
+//! - A GET response without a lease (KV) is not kept: it is read at every poll.
+//!
+//! State is per volume, never shared between volumes, and every value is wiped when dropped.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::kv;
+use crate::secret::SecretString;
+use crate::spc::ObjectMethod;
+
+/// A deadline this close counts as reached (the poller may wake a little early).
+pub(crate) const SLACK: Duration = Duration::from_millis(250);
+
+/// One distinct request of a volume: objects with equal keys share one response and lease.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ReadKey {
+    /// API path, without `v1/` and query.
+    pub(crate) path: String,
+    /// Query string, if any.
+    pub(crate) query: Option<String>,
+    /// The HTTP method.
+    pub(crate) method: ObjectMethod,
+    /// `secretArgs` as compact JSON (sorted keys), if any.
+    pub(crate) body: Option<String>,
+}
+
+impl fmt::Debug for ReadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+/// A lease of a kept response.
+pub(crate) struct Lease {
+    /// The lease id (sensitive: it allows renewing and revoking).
+    pub(crate) id: SecretString,
+    /// The duration it was issued with: the increment asked for at each renewal.
+    pub(crate) ttl: Duration,
+    /// When OpenBao revokes it unless renewed.
+    pub(crate) expires_at: Instant,
+    /// Whether renewing is worth trying (renewable, and the last renewal was not capped).
+    pub(crate) renewable: bool,
+}
+
+impl Lease {
+    /// The lease id without its unique last segment (e.g. `database/creds/app`): safe to log.
+    pub(crate) fn path(&self) -> &str {
+        lease_path(self.id.expose())
+    }
+}
+
+/// `a/b/c/<id>` → `a/b/c`.
+pub(crate) fn lease_path(id: &str) -> &str {
+    id.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// What to do with a kept response at a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Serve it as is.
+    Reuse,
+    /// Renew its lease, then serve it.
+    Renew,
+    /// Issue the secret again.
+    Reissue,
+}
+
+/// A kept response: `{"data": …}` only, wiped when dropped.
+pub(crate) struct Held {
+    response: Value,
+    lease: Option<Lease>,
+    /// When to renew or re-issue; `None`: keep it for the volume's life.
+    action_at: Option<Instant>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        kv::zeroize_value(self.response.take());
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held")
+            .field("lease", &self.lease.as_ref().map(Lease::path))
+            .field("action_at", &self.action_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Held {
+    /// Keeps `response` (issued at `now`, wall clock `wall`) if it is a dynamic secret: it has a
+    /// lease, or it came from a write. Otherwise gives it back.
+    pub(crate) fn from_response(
+        mut response: Value,
+        write: bool,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Held, Value> {
+        let lease_id = response
+            .get("lease_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        if lease_id.is_none() && !write {
+            return Err(response);
+        }
+        let ttl = Duration::from_secs(
+            response
+                .get("lease_duration")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        );
+        let renewable = response
+            .get("renewable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let data = response
+            .get_mut("data")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
+        kv::zeroize_value(response);
+        let lease = lease_id.map(|id| Lease {
+            id: SecretString::new(id),
+            ttl,
+            expires_at: now + ttl,
+            renewable,
+        });
+        let action_at = match &lease {
+            Some(l) if !l.ttl.is_zero() => Some(now + l.ttl * 2 / 3),
+            Some(_) => None,
+            None => expiration(&data, wall).map(|validity| now + validity * 2 / 3),
+        };
+        let mut wrapped = serde_json::Map::new();
+        wrapped.insert("data".to_owned(), data);
+        Ok(Held {
+            response: Value::Object(wrapped),
+            lease,
+            action_at,
+        })
+    }
+
+    /// The kept response (`{"data": …}`), for extraction.
+    pub(crate) fn response(&self) -> &Value {
+        &self.response
+    }
+
+    /// Its lease, if any.
+    pub(crate) fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
+    }
+
+    /// When it must be renewed or re-issued.
+    pub(crate) fn action_at(&self) -> Option<Instant> {
+        self.action_at
+    }
+
+    /// What to do at `now`.
+    pub(crate) fn plan(&self, now: Instant) -> Plan {
+        if self.lease.as_ref().is_some_and(|l| now >= l.expires_at) {
+            return Plan::Reissue;
+        }
+        match self.action_at {
+            Some(t) if now + SLACK >= t => {
+                if self.lease.as_ref().is_some_and(|l| l.renewable) {
+                    Plan::Renew
+                } else {
+                    Plan::Reissue
+                }
+            }
+            _ => Plan::Reuse,
+        }
+    }
+
+    /// Records a renewal at `now` that granted `granted`. Less than asked for means the max TTL
+    /// is near: no more renewals; the secret is re-issued when a third of its original TTL is
+    /// left (or right away if less remains).
+    pub(crate) fn renewed(&mut self, granted: Duration, renewable: bool, now: Instant) {
+        let Some(lease) = self.lease.as_mut() else {
+            return;
+        };
+        lease.expires_at = now + granted;
+        lease.renewable = renewable && granted >= lease.ttl;
+        let action = lease.expires_at.checked_sub(lease.ttl / 3).unwrap_or(now);
+        self.action_at = Some(action.max(now));
+    }
+
+    /// Turns a superseded response into what must still be revoked with the volume.
+    fn into_retired(mut self, now: Instant) -> Option<Retired> {
+        let lease = self.lease.take()?;
+        (lease.expires_at > now).then_some(Retired {
+            id: lease.id,
+            expires_at: lease.expires_at,
+        })
+    }
+}
+
+/// The validity left of `data.expiration` (Unix seconds, as PKI certificates have).
+fn expiration(data: &Value, wall: SystemTime) -> Option<Duration> {
+    let at = data.get("expiration").and_then(Value::as_u64)?;
+    let now = wall.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    at.checked_sub(now)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+}
+
+/// A superseded lease that has not expired yet.
+pub(crate) struct Retired {
+    pub(crate) id: SecretString,
+    expires_at: Instant,
+}
+
+/// Everything one volume keeps.
+#[derive(Default)]
+pub(crate) struct VolumeLeases {
+    /// Kept responses by request.
+    pub(crate) held: HashMap<ReadKey, Held>,
+    /// Superseded leases still valid.
+    retired: Vec<Retired>,
+}
+
+impl fmt::Debug for VolumeLeases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VolumeLeases")
+            .field("held", &self.held.len())
+            .field("retired", &self.retired.len())
+            .finish()
+    }
+}
+
+impl VolumeLeases {
+    /// Replaces (or sets) the response of `key`; a replaced lease still valid is kept for
+    /// revocation with the volume.
+    pub(crate) fn put(&mut self, key: ReadKey, held: Held, now: Instant) {
+        if let Some(old) = self.held.insert(key, held) {
+            self.retire(old, now);
+        }
+    }
+
+    /// Drops `key`'s response whose lease is known to be gone (renewal refused).
+    pub(crate) fn forget(&mut self, key: &ReadKey) {
+        if let Some(mut old) = self.held.remove(key) {
+            old.lease = None;
+        }
+    }
+
+    /// Drops kept responses of requests the volume no longer makes, and expired retired leases.
+    pub(crate) fn prune(&mut self, in_use: &[&ReadKey], now: Instant) {
+        let stale: Vec<ReadKey> = self
+            .held
+            .keys()
+            .filter(|k| !in_use.contains(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            if let Some(old) = self.held.remove(&k) {
+                self.retire(old, now);
+            }
+        }
+        self.retired.retain(|r| r.expires_at > now);
+    }
+
+    fn retire(&mut self, old: Held, now: Instant) {
+        if let Some(r) = old.into_retired(now) {
+            self.retired.push(r);
+        }
+    }
+
+    /// Empties the volume: the ids of every lease still valid, to revoke.
+    pub(crate) fn drain(&mut self, now: Instant) -> Vec<SecretString> {
+        let mut ids: Vec<SecretString> = self
+            .held
+            .drain()
+            .filter_map(|(_, h)| h.into_retired(now).map(|r| r.id))
+            .collect();
+        ids.extend(
+            self.retired
+                .drain(..)
+                .filter(|r| r.expires_at > now)
+                .map(|r| r.id),
+        );
+        ids
+    }
+
+    /// Whether nothing is kept.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.held.is_empty() && self.retired.is_empty()
+    }
+}
+
+/// One volume's state, locked for the whole of a fetch or release of that volume.
+pub(crate) type VolumeSlot = Arc<tokio::sync::Mutex<VolumeLeases>>;
+
+/// The state of every volume, by volume id.
+#[derive(Default)]
+pub(crate) struct LeaseTable {
+    volumes: Mutex<HashMap<String, VolumeSlot>>,
+}
+
+impl fmt::Debug for LeaseTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseTable")
+            .field("volumes", &self.len())
+            .finish()
+    }
+}
+
+impl LeaseTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VolumeSlot>> {
+        self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `volume`'s slot, created if needed.
+    pub(crate) fn slot(&self, volume: &str) -> VolumeSlot {
+        Arc::clone(self.lock().entry(volume.to_owned()).or_default())
+    }
+
+    /// Forgets `volume`'s slot if it keeps nothing and nobody else uses it (`slot` is the
+    /// caller's reference, its guard already dropped).
+    pub(crate) fn done(&self, volume: &str, slot: VolumeSlot) {
+        let mut volumes = self.lock();
+        // Two references: the table's and the caller's; a waiter holds a third.
+        let unused = Arc::strong_count(&slot) <= 2;
+        let empty = slot.try_lock().is_ok_and(|g| g.is_empty());
+        if unused && empty {
+            volumes.remove(volume);
+        }
+    }
+
+    /// Removes and returns `volume`'s slot.
+    pub(crate) fn take(&self, volume: &str) -> Option<VolumeSlot> {
+        self.lock().remove(volume)
+    }
+
+    /// Number of volumes with state.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn key(path: &str) -> ReadKey {
+        ReadKey {
+            path: path.into(),
+            query: None,
+            method: ObjectMethod::Get,
+            body: None,
+        }
+    }
+
+    fn db_response(ttl: u64, renewable: bool) -> Value {
+        json!({"request_id": "r", "lease_id": "database/creds/app/AbC", "renewable": renewable,
+               "lease_duration": ttl, "data": {"username": "v-app", "password": "pw"}})
+    }
+
+    #[test]
+    fn kv_reads_are_not_kept_writes_and_leases_are() {
+        let now = Instant::now();
+        let kv = json!({"lease_id": "", "lease_duration": 2_764_800, "data": {"a": "1"}});
+        assert!(Held::from_response(kv, false, now, SystemTime::now()).is_err());
+        let h = Held::from_response(db_response(30, true), false, now, SystemTime::now())
+            .expect("leased GET is kept");
+        assert_eq!(
+            h.response(),
+            &json!({"data": {"username": "v-app", "password": "pw"}})
+        );
+        assert_eq!(h.lease().map(Lease::path), Some("database/creds/app"));
+        assert_eq!(h.action_at(), Some(now + secs(20)));
+        let pki = json!({"lease_id": "", "data": {"certificate": "C", "expiration": 0}});
+        let h = Held::from_response(pki, true, now, SystemTime::now()).expect("write is kept");
+        assert!(h.lease().is_none());
+        assert_eq!(h.action_at(), None, "no (future) expiration: kept for good");
+        assert_eq!(h.plan(now + secs(86_400 * 365)), Plan::Reuse);
+    }
+
+    #[test]
+    fn pki_certificates_are_reissued_at_two_thirds_of_their_validity() {
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + secs(1_000_000);
+        let pki = json!({"data": {"certificate": "C", "expiration": 1_000_000 + 3600}});
+        let h = Held::from_response(pki, true, now, wall).expect("kept");
+        assert_eq!(h.action_at(), Some(now + secs(2400)));
+        assert_eq!(h.plan(now + secs(2399)), Plan::Reuse);
+        assert_eq!(h.plan(now + secs(2400)), Plan::Reissue);
+    }
+
+    #[test]
+    fn renew_at_two_thirds_then_reissue_when_capped() {
+        let now = Instant::now();
+        let at = |n| now + secs(n);
+        let mut h = Held::from_response(db_response(30, true), false, now, SystemTime::now())
+            .expect("kept");
+        assert_eq!(h.plan(at(19)), Plan::Reuse);
+        assert_eq!(h.plan(at(20)), Plan::Renew);
+        h.renewed(secs(30), true, at(20));
+        assert_eq!(h.action_at(), Some(at(40)));
+        assert_eq!(h.plan(at(39)), Plan::Reuse);
+        assert_eq!(h.plan(at(40)), Plan::Renew);
+        // The max TTL caps the renewal at 12 s: re-issue when 10 s (a third of 30) remain.
+        h.renewed(secs(12), true, at(40));
+        assert_eq!(h.action_at(), Some(at(42)));
+        assert_eq!(h.plan(at(42)), Plan::Reissue);
+        // Capped below a third: re-issue right away.
+        let mut h2 = Held::from_response(db_response(30, true), false, now, SystemTime::now())
+            .expect("kept");
+        h2.renewed(secs(4), true, at(20));
+        assert_eq!(h2.action_at(), Some(at(20)));
+        assert_eq!(h2.plan(at(20)), Plan::Reissue);
+        // Expired (e.g. OpenBao was down past the end of the lease): re-issue.
+        let h3 = Held::from_response(db_response(30, true), false, now, SystemTime::now())
+            .expect("kept");
+        assert_eq!(h3.plan(at(30)), Plan::Reissue);
+        // Not renewable: re-issued at two thirds.
+        let h4 = Held::from_response(db_response(30, false), false, now, SystemTime::now())
+            .expect("kept");
+        assert_eq!(h4.plan(at(20)), Plan::Reissue);
+    }
+
+    #[test]
+    fn superseded_leases_are_revoked_with_the_volume_until_they_expire() {
+        let now = Instant::now();
+        let mut v = VolumeLeases::default();
+        let k = key("database/creds/app");
+        let held = |at: Instant| {
+            Held::from_response(db_response(30, true), false, at, SystemTime::now()).expect("kept")
+        };
+        v.put(k.clone(), held(now), now);
+        v.put(k.clone(), held(now + secs(20)), now + secs(20));
+        assert_eq!(v.retired.len(), 1, "the old lease has 10 s left");
+        v.prune(&[&k], now + secs(31));
+        assert!(v.retired.is_empty(), "expired: nothing to revoke");
+        v.put(k.clone(), held(now + secs(40)), now + secs(40));
+        assert_eq!(v.drain(now + secs(41)).len(), 2);
+        assert!(v.is_empty());
+        v.put(k.clone(), held(now), now);
+        v.forget(&k);
+        assert!(v.is_empty(), "a refused lease is not revoked");
+        v.put(k.clone(), held(now), now);
+        v.prune(&[], now);
+        assert!(v.held.is_empty() && v.retired.len() == 1);
+    }
+
+    #[tokio::test]
+    async fn slots_are_per_volume_and_dropped_when_empty() {
+        let t = LeaseTable::default();
+        let a = t.slot("vol-a");
+        let b = t.slot("vol-b");
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a, &t.slot("vol-a")));
+        t.done("vol-b", b);
+        assert_eq!(t.len(), 1);
+        a.lock().await.put(
+            key("p"),
+            Held::from_response(
+                db_response(30, true),
+                false,
+                Instant::now(),
+                SystemTime::now(),
+            )
+            .expect("kept"),
+            Instant::now(),
+        );
+        t.done("vol-a", a);
+        assert_eq!(t.len(), 1, "kept: it holds a lease");
+        assert!(t.take("vol-a").is_some());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn debug_shows_no_lease_id_or_value() {
+        let h = Held::from_response(
+            db_response(30, true),
+            false,
+            Instant::now(),
+            SystemTime::now(),
+        )
+        .expect("kept");
+        let d = format!("{h:?}");
+        assert!(!d.contains("AbC") && !d.contains("pw"), "{d}");
+    }
+}

@@ -1,0 +1,1423 @@
+//! The Kubernetes side end to end, against a real kube-apiserver (with etcd) and a real
+//! OpenBao: a real `baofs csi` (SPCs from the API, `--kubeconfig`) is driven over its CSI
+//! socket by a tonic client, for a Pod that exists in the API server (it stays Pending: there
+//! is no scheduler or kubelet). OpenBao's kubernetes auth method is configured against this
+//! API server, so every login is a real TokenReview of a real pod-bound TokenRequest token.
+//!
+//! Run with `sudo scripts/test.sh` (it builds/starts kube-apiserver and OpenBao and exports
+//! `BAOFS_TEST_KUBECONFIG`, `BAOFS_TEST_KUBE_ADDR`, `BAOFS_TEST_BAO_ADDR`,
+//! `BAOFS_TEST_BAO_TOKEN`). Without them the tests fail; `BAOFS_SKIP_FUSE=1` skips them. Every
+//! wait polls an observable condition with a deadline; every process, mount and API object is
+//! removed, also when a test fails.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baofs::k8s::crd::{
+    SecretObject, SecretObjectData, SecretProviderClass, SecretProviderClassPodStatus,
+    SecretProviderClassSpec,
+};
+use baofs_csi::v1::identity_client::IdentityClient;
+use baofs_csi::v1::node_client::NodeClient;
+use baofs_csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use baofs_csi::v1::{
+    NodePublishVolumeRequest, NodeUnpublishVolumeRequest, ProbeRequest, VolumeCapability,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+const NODE_ID: &str = "k8s-test-node";
+const DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_secs(1);
+
+// -------------------------------------------------------------------------------------------
+// Environment
+
+struct Env {
+    bao: Bao,
+    kube: kube::Client,
+    kubeconfig: PathBuf,
+    kube_addr: String,
+    kube_ca: String,
+}
+
+/// `None` only with `BAOFS_SKIP_FUSE=1`; otherwise a missing prerequisite fails the test.
+async fn setup() -> Option<Env> {
+    if std::env::var("BAOFS_SKIP_FUSE").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: BAOFS_SKIP_FUSE=1 (the Kubernetes tests mount FUSE volumes)");
+        return None;
+    }
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    assert_eq!(
+        uid, 0,
+        "the Kubernetes tests mount FUSE volumes and must run as root: run `sudo scripts/test.sh` \
+         (or set BAOFS_SKIP_FUSE=1 to skip them explicitly)"
+    );
+    let need = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!(
+                "{k} is not set: run the tests with `scripts/test.sh` (it builds and starts \
+                 kube-apiserver, etcd and OpenBao), or set BAOFS_SKIP_FUSE=1 to skip them"
+            )
+        })
+    };
+    let kubeconfig = PathBuf::from(need("BAOFS_TEST_KUBECONFIG"));
+    let kube_addr = need("BAOFS_TEST_KUBE_ADDR");
+    let bao = Bao::new(&need("BAOFS_TEST_BAO_ADDR"), &need("BAOFS_TEST_BAO_TOKEN"));
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let ca_b64 = kc.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .certificate_authority_data
+        .clone()
+        .unwrap();
+    let kube_ca = String::from_utf8(STANDARD.decode(ca_b64).unwrap()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let kube = kube::Client::try_from(config).unwrap();
+    Some(Env {
+        bao,
+        kube,
+        kubeconfig,
+        kube_addr,
+        kube_ca,
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos & 0xffff)
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
+async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// OpenBao
+
+#[derive(Clone)]
+struct Bao {
+    addr: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Bao {
+    fn new(addr: &str, token: &str) -> Self {
+        Self {
+            addr: addr.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}/v1/{path}", self.addr);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("X-Vault-Token", &self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e} (is OpenBao running?)"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = self.call(method.clone(), path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "OpenBao {method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    async fn kv2_put(&self, name: &str, data: Value) {
+        self.ok(
+            reqwest::Method::POST,
+            &format!("secret/data/{name}"),
+            Some(&json!({ "data": data })),
+        )
+        .await;
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// The API server
+
+/// One test's namespace and cluster-scoped objects; everything is deleted at the end (or on
+/// a panic, from `Drop`).
+struct Cluster {
+    client: kube::Client,
+    ns: String,
+    bindings: Vec<String>,
+    cleaned: bool,
+}
+
+impl Cluster {
+    async fn new(client: &kube::Client, prefix: &str) -> Self {
+        let ns = unique(prefix);
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(ns.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        Self {
+            client: client.clone(),
+            ns,
+            bindings: Vec::new(),
+            cleaned: false,
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn service_account(&self, name: &str) {
+        self.api::<ServiceAccount>()
+            .create(
+                &PostParams::default(),
+                &ServiceAccount {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A Pod of `sa` (Pending forever: nothing schedules it). Returns its uid.
+    async fn pod(&self, name: &str, sa: &str) -> String {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "serviceAccountName": sa,
+                "automountServiceAccountToken": false,
+                "containers": [{"name": "app", "image": "registry.invalid/app:1"}]
+            }
+        }))
+        .unwrap();
+        let created = self
+            .api::<Pod>()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        created.metadata.uid.unwrap()
+    }
+
+    /// A TokenRequest token of `sa` for `audiences`, bound to `pod` when given.
+    async fn token(
+        &self,
+        sa: &str,
+        audiences: Option<Vec<String>>,
+        pod: Option<(&str, &str)>,
+    ) -> String {
+        let tr = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences,
+                expiration_seconds: Some(3600),
+                bound_object_ref: pod.map(|(name, uid)| BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(name.into()),
+                    uid: Some(uid.into()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = self
+            .api::<ServiceAccount>()
+            .create_token_request(sa, &PostParams::default(), &tr)
+            .await
+            .unwrap();
+        out.status.unwrap().token.unwrap()
+    }
+
+    async fn bind_auth_delegator(&mut self, sa: &str) {
+        let name = unique("baofs-test-reviewer");
+        let crb: ClusterRoleBinding = serde_json::from_value(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": self.ns}]
+        }))
+        .unwrap();
+        Api::<ClusterRoleBinding>::all(self.client.clone())
+            .create(&PostParams::default(), &crb)
+            .await
+            .unwrap();
+        self.bindings.push(name);
+    }
+
+    async fn spc(&self, spc: SecretProviderClass) {
+        self.api::<SecretProviderClass>()
+            .create(&PostParams::default(), &spc)
+            .await
+            .unwrap();
+    }
+
+    async fn events(&self, regarding: &str) -> Vec<Event> {
+        self.api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding
+                    .as_ref()
+                    .and_then(|r| r.name.as_deref())
+                    .is_some_and(|n| n == regarding)
+            })
+            .collect()
+    }
+
+    async fn wait_event(&self, pod: &str, reason: &str) -> Event {
+        eventually(
+            &format!("event {reason} on pod {pod}"),
+            DEADLINE,
+            || async {
+                self.events(pod)
+                    .await
+                    .into_iter()
+                    .find(|e| e.reason.as_deref() == Some(reason))
+            },
+        )
+        .await
+    }
+
+    /// Deletes every object this test made. Without a controller-manager nothing
+    /// garbage-collects or finalizes, so each kind is deleted explicitly and the namespace is
+    /// finalized by hand.
+    async fn cleanup(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cleaned = true;
+        cleanup(self.client.clone(), self.ns.clone(), self.bindings.clone()).await;
+    }
+}
+
+async fn cleanup(client: kube::Client, ns: String, bindings: Vec<String>) {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let lp = ListParams::default();
+    let _ = Api::<Pod>::namespaced(client.clone(), &ns)
+        .delete_collection(&dp, &lp)
+        .await;
+    let _ = Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete_collection(&dp, &lp)
+        .await;
+    let _ = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .delete_collection(&dp, &lp)
+        .await;
+    let _ = Api::<Event>::namespaced(client.clone(), &ns)
+        .delete_collection(&dp, &lp)
+        .await;
+    let _ = Api::<SecretProviderClass>::namespaced(client.clone(), &ns)
+        .delete_collection(&dp, &lp)
+        .await;
+    let _ = Api::<SecretProviderClassPodStatus>::namespaced(client.clone(), &ns)
+        .delete_collection(&dp, &lp)
+        .await;
+    for b in bindings {
+        let _ = Api::<ClusterRoleBinding>::all(client.clone())
+            .delete(&b, &dp)
+            .await;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(&ns, &dp).await;
+    // No namespace controller: drop the `kubernetes` finalizer ourselves.
+    let body = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns},
+        "spec": {"finalizers": []}
+    });
+    let _ = namespaces
+        .replace_subresource("finalize", &ns, &PostParams::default(), &body)
+        .await;
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (client, ns, bindings) = (self.client.clone(), self.ns.clone(), self.bindings.clone());
+        // A panicking test: clean up from a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(cleanup(client, ns, bindings));
+            }
+        })
+        .join();
+    }
+}
+
+/// OpenBao kubernetes auth at a fresh mount, against this API server: TokenReview with the
+/// token of `reviewer` (bound to system:auth-delegator). Role `role` admits `sa` of the
+/// namespace with audience `openbao` and reads `paths`.
+async fn kubernetes_auth(
+    env: &Env,
+    cluster: &mut Cluster,
+    role: &str,
+    sa: &str,
+    paths: &[String],
+) -> String {
+    let mount = unique("k8s");
+    cluster.service_account("bao-reviewer").await;
+    cluster.bind_auth_delegator("bao-reviewer").await;
+    let reviewer = cluster.token("bao-reviewer", None, None).await;
+    let bao = &env.bao;
+    bao.ok(
+        reqwest::Method::POST,
+        &format!("sys/auth/{mount}"),
+        Some(&json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao.ok(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/config"),
+        Some(&json!({
+            "kubernetes_host": env.kube_addr,
+            "kubernetes_ca_cert": env.kube_ca,
+            "token_reviewer_jwt": reviewer,
+            "disable_local_ca_jwt": true,
+        })),
+    )
+    .await;
+    let policy: String = paths
+        .iter()
+        .map(|p| format!("path \"{p}\" {{ capabilities = [\"read\"] }}\n"))
+        .collect();
+    bao.ok(
+        reqwest::Method::PUT,
+        &format!("sys/policies/acl/{mount}-{role}"),
+        Some(&json!({ "policy": policy })),
+    )
+    .await;
+    bao.ok(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/role/{role}"),
+        Some(&json!({
+            "bound_service_account_names": [sa],
+            "bound_service_account_namespaces": [cluster.ns],
+            "audience": "openbao",
+            "token_policies": [format!("{mount}-{role}")],
+            "token_ttl": "1h",
+        })),
+    )
+    .await;
+    mount
+}
+
+// -------------------------------------------------------------------------------------------
+// The driver process
+
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut out: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            let mp = PathBuf::from(l.split(' ').nth(4)?.replace("\\040", " "));
+            mp.starts_with(dir).then_some(mp)
+        })
+        .collect();
+    out.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    out
+}
+
+struct Driver {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+    stderr: PathBuf,
+    metrics: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Driver {
+    async fn start(env: &Env) -> Self {
+        let dir = std::env::temp_dir()
+            .canonicalize()
+            .unwrap()
+            .join(unique("bk-driver"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("plugin/csi.sock");
+        let stderr = dir.join("driver.log");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_baofs"))
+            .args([
+                "--log-level",
+                "baofs=debug,info",
+                "csi",
+                "--nodeid",
+                NODE_ID,
+            ])
+            .arg(format!("--endpoint=unix://{}", socket.display()))
+            .arg("--kubeconfig")
+            .arg(&env.kubeconfig)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+            .args([
+                "--enable-secret-rotation=true",
+                &format!("--rotation-poll-interval={}ms", POLL.as_millis()),
+                "--retry-deadline=2s",
+                "--request-timeout=5s",
+            ])
+            .env_remove("BAO_ADDR")
+            .env_remove("VAULT_ADDR")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("driver.out")).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn baofs csi");
+        let mut d = Driver {
+            child: Some(child),
+            dir,
+            socket,
+            stderr,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("baofs csi exited early ({status}):\n{}", d.log());
+            }
+            if d.socket.exists() && d.probe_ready().await {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "baofs csi not ready within {DEADLINE:?}:\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        d
+    }
+
+    async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        Endpoint::try_from(format!("unix://{}", self.socket.display()))?
+            .connect()
+            .await
+    }
+
+    async fn probe_ready(&self) -> bool {
+        let Ok(ch) = self.channel().await else {
+            return false;
+        };
+        IdentityClient::new(ch)
+            .probe(ProbeRequest {})
+            .await
+            .is_ok_and(|r| r.into_inner().ready == Some(true))
+    }
+
+    async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel().await.unwrap())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// A kubelet-style target for `pod_uid`: the parent exists, `mount` does not.
+    fn target(&self, pod_uid: &str, volume: &str) -> PathBuf {
+        let parent = self
+            .dir
+            .join(format!("pods/{pod_uid}/volumes/kubernetes.io~csi/{volume}"));
+        std::fs::create_dir_all(&parent).unwrap();
+        parent.join("mount")
+    }
+
+    async fn scrape(&self) -> String {
+        reqwest::get(&self.metrics)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// SIGTERM, clean exit, nothing left mounted, the socket removed.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        terminate(&mut child);
+        let status = wait_exit(&mut child, Duration::from_secs(20));
+        let log = self.log();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "baofs csi did not exit cleanly ({status:?}):\n{log}"
+        );
+        let left = mounts_under(&self.dir);
+        assert!(left.is_empty(), "left mounted after shutdown: {left:?}");
+        let _ = std::fs::remove_dir_all(&self.dir);
+        log
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
+fn wait_exit(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if start.elapsed() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+            if wait_exit(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            eprintln!("--- baofs csi log ---\n{}", self.log());
+        }
+        for mp in mounts_under(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        }
+        if mounts_under(&self.dir).is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Requests, metrics
+
+fn volume_id() -> String {
+    let h = unique("v").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01b3)
+    });
+    format!(
+        "csi-{h:016x}{:016x}",
+        h.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15
+    )
+}
+
+struct PodRef {
+    ns: String,
+    name: String,
+    uid: String,
+    sa: String,
+}
+
+/// kubelet's request for an inline volume: pod info in the volume context, the tokens in
+/// `secrets` (Kubernetes ≥ 1.35 with `serviceAccountTokenInSecrets: true`).
+fn publish_request(
+    vol: &str,
+    target: &Path,
+    pod: &PodRef,
+    spc: &str,
+    token: &str,
+) -> NodePublishVolumeRequest {
+    let context: HashMap<String, String> = [
+        ("secretProviderClass", spc),
+        ("csi.storage.k8s.io/pod.name", &pod.name),
+        ("csi.storage.k8s.io/pod.namespace", &pod.ns),
+        ("csi.storage.k8s.io/pod.uid", &pod.uid),
+        ("csi.storage.k8s.io/serviceAccount.name", &pod.sa),
+        ("csi.storage.k8s.io/ephemeral", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let tokens =
+        json!({"openbao": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}});
+    NodePublishVolumeRequest {
+        volume_id: vol.to_owned(),
+        target_path: target.to_str().unwrap().to_owned(),
+        volume_capability: Some(VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: access_mode::Mode::SingleNodeWriter.into(),
+            }),
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+        }),
+        readonly: true,
+        volume_context: context,
+        secrets: [(
+            "csi.storage.k8s.io/serviceAccount.tokens".to_owned(),
+            tokens.to_string(),
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// Sum of the samples of `name` whose labels contain every `labels` pair.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            if n != name {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum::<f64>()
+        + 0.0
+}
+
+fn spc_object(
+    name: &str,
+    params: BTreeMap<String, String>,
+    secret_objects: Vec<SecretObject>,
+) -> SecretProviderClass {
+    SecretProviderClass {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: SecretProviderClassSpec {
+            provider: Some("openbao".to_owned()),
+            parameters: Some(params),
+            secret_objects: Some(secret_objects),
+        },
+    }
+}
+
+fn data(pairs: &[(&str, &str)]) -> Option<Vec<SecretObjectData>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(o, k)| SecretObjectData {
+                object_name: Some((*o).to_owned()),
+                key: Some((*k).to_owned()),
+            })
+            .collect(),
+    )
+}
+
+/// A self-signed certificate and its key (PEM), made with openssl.
+fn tls_pair(dir: &Path) -> (String, String) {
+    let (key, crt) = (dir.join("tls.key"), dir.join("tls.crt"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .args(["-days", "1", "-subj", "/CN=app.test"])
+        .output()
+        .expect("openssl (scripts/peers.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(crt).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    )
+}
+
+fn secret_value(s: &Secret, key: &str) -> String {
+    let bytes = &s.data.as_ref().unwrap()[key].0;
+    String::from_utf8(bytes.clone()).unwrap()
+}
+
+// -------------------------------------------------------------------------------------------
+// Tests
+
+/// Publish for a real Pod with an SPC from the API: files, synced Secrets (labels, type,
+/// data, TLS extraction, owner), SPCPS with versions, events and metrics; rotation within one
+/// poll; a republish that writes nothing; a failing poll; unpublish leaving the Secret to the
+/// garbage collector; another service account refused; a missing SPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_end_to_end() {
+    let Some(env) = setup().await else {
+        return;
+    };
+    let mut cluster = Cluster::new(&env.kube, "bk").await;
+    let ns = cluster.ns.clone();
+    let kv = unique("app");
+    let tls_dir = std::env::temp_dir().join(unique("bk-tls"));
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (cert, key) = tls_pair(&tls_dir);
+    std::fs::remove_dir_all(&tls_dir).unwrap();
+    env.bao
+        .kv2_put(
+            &kv,
+            json!({"username": "alice", "password": "pw-1", "bundle": format!("{key}{cert}")}),
+        )
+        .await;
+
+    // Identities: the app's SA and Pod, another SA and Pod, OpenBao trusting this API server.
+    cluster.service_account("app").await;
+    cluster.service_account("other").await;
+    let app_uid = cluster.pod("app-pod", "app").await;
+    let other_uid = cluster.pod("other-pod", "other").await;
+    let mount = kubernetes_auth(
+        &env,
+        &mut cluster,
+        "app",
+        "app",
+        &[format!("secret/data/{kv}")],
+    )
+    .await;
+
+    let params: BTreeMap<String, String> = [
+        ("baoAddress", env.bao.addr.clone()),
+        ("roleName", "app".to_owned()),
+        ("baoKubernetesMountPath", mount.clone()),
+        (
+            "objects",
+            format!(
+                "- objectName: username\n  secretPath: secret/data/{kv}\n  secretKey: username\n\
+                 - objectName: password\n  secretPath: secret/data/{kv}\n  secretKey: password\n\
+                 - objectName: tls/bundle.pem\n  secretPath: secret/data/{kv}\n  secretKey: bundle\n"
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let creds = SecretObject {
+        secret_name: Some("app-creds".into()),
+        type_: Some("Opaque".into()),
+        labels: Some([("app".to_owned(), "demo".to_owned())].into()),
+        annotations: Some([("team".to_owned(), "payments".to_owned())].into()),
+        data: data(&[("username", "user"), ("password", "pass")]),
+    };
+    let tls = SecretObject {
+        secret_name: Some("app-tls".into()),
+        type_: Some("kubernetes.io/tls".into()),
+        labels: None,
+        annotations: None,
+        data: data(&[("tls/bundle.pem", "tls.crt"), ("tls/bundle.pem", "tls.key")]),
+    };
+    cluster
+        .spc(spc_object("app-spc", params, vec![creds, tls]))
+        .await;
+
+    let driver = Driver::start(&env).await;
+    let mut node = driver.node().await;
+    let app = PodRef {
+        ns: ns.clone(),
+        name: "app-pod".into(),
+        uid: app_uid.clone(),
+        sa: "app".into(),
+    };
+    let token = cluster
+        .token(
+            "app",
+            Some(vec!["openbao".into()]),
+            Some(("app-pod", &app_uid)),
+        )
+        .await;
+    let vol = volume_id();
+    let target = driver.target(&app_uid, "secrets");
+
+    // 1. Publish: files served.
+    node.node_publish_volume(publish_request(&vol, &target, &app, "app-spc", &token))
+        .await
+        .unwrap_or_else(|s| panic!("publish: {s:?}\n{}", driver.log()));
+    assert_eq!(
+        std::fs::read_to_string(target.join("username")).unwrap(),
+        "alice"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("password")).unwrap(),
+        "pw-1"
+    );
+
+    // 2. Synced Secrets: labels, annotations, type, data, TLS extraction, the Pod as owner.
+    let secrets = cluster.api::<Secret>();
+    let creds = eventually("Secret app-creds", DEADLINE, || async {
+        secrets.get_opt("app-creds").await.unwrap()
+    })
+    .await;
+    let labels = creds.metadata.labels.clone().unwrap();
+    assert_eq!(labels["secrets-store.csi.k8s.io/managed"], "true");
+    assert_eq!(labels["app"], "demo");
+    assert_eq!(
+        creds.metadata.annotations.clone().unwrap()["team"],
+        "payments"
+    );
+    assert_eq!(creds.type_.as_deref(), Some("Opaque"));
+    assert_eq!(secret_value(&creds, "user"), "alice");
+    assert_eq!(secret_value(&creds, "pass"), "pw-1");
+    let owners = creds.metadata.owner_references.clone().unwrap();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].name.as_str()),
+        ("Pod", "app-pod")
+    );
+    assert_eq!(owners[0].uid, app_uid);
+    assert_ne!(owners[0].controller, Some(true));
+    let managers: Vec<String> = creds
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(managers.iter().all(|m| m == "baofs"), "{managers:?}");
+    let tls_secret = eventually("Secret app-tls", DEADLINE, || async {
+        secrets.get_opt("app-tls").await.unwrap()
+    })
+    .await;
+    assert_eq!(tls_secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(secret_value(&tls_secret, "tls.crt").trim(), cert.trim());
+    assert_eq!(secret_value(&tls_secret, "tls.key").trim(), key.trim());
+
+    // 3. SecretProviderClassPodStatus: name, node label, owner, status with versions.
+    let statuses = cluster.api::<SecretProviderClassPodStatus>();
+    let status_name = format!("app-pod-{ns}-app-spc");
+    let spcps = eventually("SecretProviderClassPodStatus", DEADLINE, || async {
+        statuses.get_opt(&status_name).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        spcps.metadata.labels.clone().unwrap()["internal.secrets-store.csi.k8s.io/node-name"],
+        NODE_ID
+    );
+    assert_eq!(
+        spcps.metadata.owner_references.clone().unwrap()[0].uid,
+        app_uid
+    );
+    let st = &spcps.status;
+    assert_eq!(st.pod_name, "app-pod");
+    assert_eq!(st.secret_provider_class_name, "app-spc");
+    assert!(st.mounted);
+    assert_eq!(st.target_path, target.to_str().unwrap());
+    let ids: Vec<&str> = st.objects.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, ["password", "tls/bundle.pem", "username"]);
+    assert!(
+        st.objects
+            .iter()
+            .all(|o| !o.version.is_empty() && !o.version.contains("pw-1"))
+    );
+    let version_of = |s: &SecretProviderClassPodStatus, id: &str| {
+        s.status
+            .objects
+            .iter()
+            .find(|o| o.id == id)
+            .unwrap()
+            .version
+            .clone()
+    };
+
+    // 4. A republish (fresh token) and polls that change nothing write nothing.
+    let scrape = driver.scrape().await;
+    let writes_before = metric(&scrape, "baofs_k8s_writes_total", &[]);
+    eprintln!(
+        "API writes for the first publish (2 synced Secrets): {writes_before} \
+         (secret {}, secret_owner {}, pod_status {}, event {})",
+        metric(&scrape, "baofs_k8s_writes_total", &[("kind", "secret")]),
+        metric(
+            &scrape,
+            "baofs_k8s_writes_total",
+            &[("kind", "secret_owner")]
+        ),
+        metric(&scrape, "baofs_k8s_writes_total", &[("kind", "pod_status")]),
+        metric(&scrape, "baofs_k8s_writes_total", &[("kind", "event")]),
+    );
+    let unchanged_before = metric(&scrape, "rotation_reconcile_total", &[("rotated", "false")]);
+    let (creds_rv, tls_rv, spcps_rv) = (
+        creds.metadata.resource_version.clone(),
+        tls_secret.metadata.resource_version.clone(),
+        spcps.metadata.resource_version.clone(),
+    );
+    let token2 = cluster
+        .token(
+            "app",
+            Some(vec!["openbao".into()]),
+            Some(("app-pod", &app_uid)),
+        )
+        .await;
+    node.node_publish_volume(publish_request(&vol, &target, &app, "app-spc", &token2))
+        .await
+        .unwrap();
+    eventually(
+        "two polls without change after the republish",
+        DEADLINE,
+        || async {
+            let m = driver.scrape().await;
+            (metric(&m, "rotation_reconcile_total", &[("rotated", "false")])
+                >= unchanged_before + 2.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        secrets
+            .get("app-creds")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        creds_rv
+    );
+    assert_eq!(
+        secrets
+            .get("app-tls")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        tls_rv
+    );
+    assert_eq!(
+        statuses
+            .get(&status_name)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        spcps_rv
+    );
+    assert_eq!(
+        metric(&driver.scrape().await, "baofs_k8s_writes_total", &[]),
+        writes_before,
+        "a republish or an unchanged poll wrote to the API server"
+    );
+
+    // 5. Rotation in OpenBao: file, Secret and SPCPS within one poll; events.
+    let written = Instant::now();
+    env.bao
+        .kv2_put(
+            &kv,
+            json!({"username": "alice", "password": "pw-2", "bundle": format!("{key}{cert}")}),
+        )
+        .await;
+    let one_poll = POLL + POLL / 10 + Duration::from_secs(2);
+    eventually("rotated file, Secret and SPCPS", one_poll, || async {
+        let file = std::fs::read_to_string(target.join("password")).ok()?;
+        let s = secrets.get("app-creds").await.ok()?;
+        let p = statuses.get(&status_name).await.ok()?;
+        (file == "pw-2"
+            && secret_value(&s, "pass") == "pw-2"
+            && version_of(&p, "password") != version_of(&spcps, "password"))
+        .then_some(())
+    })
+    .await;
+    let rotation_latency = written.elapsed();
+    eprintln!(
+        "rotation visible in file, Secret and SPCPS after {rotation_latency:?} (poll {POLL:?})"
+    );
+    let p = statuses.get(&status_name).await.unwrap();
+    assert_eq!(version_of(&p, "username"), version_of(&spcps, "username"));
+    cluster
+        .wait_event("app-pod", "SecretRotationComplete")
+        .await;
+    let m = driver.scrape().await;
+    eprintln!(
+        "API writes for one rotation of one object: {} (secret {}, pod_status {}, event {})",
+        metric(&m, "baofs_k8s_writes_total", &[]) - writes_before,
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "secret")])
+            - metric(&scrape, "baofs_k8s_writes_total", &[("kind", "secret")]),
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "pod_status")])
+            - metric(&scrape, "baofs_k8s_writes_total", &[("kind", "pod_status")]),
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "event")])
+            - metric(&scrape, "baofs_k8s_writes_total", &[("kind", "event")]),
+    );
+    assert_eq!(
+        secrets
+            .get("app-tls")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        tls_rv,
+        "an unchanged Secret was rewritten"
+    );
+    let ev = cluster.wait_event("app-pod", "MountRotationComplete").await;
+    assert_eq!(ev.type_.as_deref(), Some("Normal"));
+    assert!(ev.note.clone().unwrap_or_default().contains("password"));
+    cluster
+        .wait_event("app-pod", "SecretRotationComplete")
+        .await;
+
+    // 6. Another service account's token: refused by OpenBao's TokenReview-backed login.
+    let other = PodRef {
+        ns: ns.clone(),
+        name: "other-pod".into(),
+        uid: other_uid.clone(),
+        sa: "other".into(),
+    };
+    let other_token = cluster
+        .token(
+            "other",
+            Some(vec!["openbao".into()]),
+            Some(("other-pod", &other_uid)),
+        )
+        .await;
+    let other_target = driver.target(&other_uid, "secrets");
+    let status = node
+        .node_publish_volume(publish_request(
+            &volume_id(),
+            &other_target,
+            &other,
+            "app-spc",
+            &other_token,
+        ))
+        .await
+        .expect_err("another service account must be refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("app-spc"), "{}", status.message());
+    assert!(!other_target.join("username").exists());
+    let failed = cluster.wait_event("other-pod", "FailedToMount").await;
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    assert!(
+        !failed
+            .note
+            .clone()
+            .unwrap_or_default()
+            .contains(&other_token)
+    );
+
+    // 7. A missing SPC: NotFound with upstream's message.
+    let status = node
+        .node_publish_volume(publish_request(
+            &volume_id(),
+            &other_target,
+            &other,
+            "nope",
+            &other_token,
+        ))
+        .await
+        .expect_err("missing SPC");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status
+            .message()
+            .contains(&format!("failed to get secretproviderclass {ns}/nope")),
+        "{}",
+        status.message()
+    );
+
+    // 7b. kubelet's token has expired (no republish came): the driver mints a pod-bound
+    // token through TokenRequest and the login succeeds.
+    let expired = format!(
+        "{}.{}.c2ln",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":1000}"#)
+    );
+    let vol2 = volume_id();
+    let target2 = driver.target(&app_uid, "again");
+    node.node_publish_volume(publish_request(&vol2, &target2, &app, "app-spc", &expired))
+        .await
+        .unwrap_or_else(|s| panic!("publish with an expired token: {s:?}\n{}", driver.log()));
+    assert_eq!(
+        std::fs::read_to_string(target2.join("password")).unwrap(),
+        "pw-2"
+    );
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: vol2,
+        target_path: target2.to_str().unwrap().to_owned(),
+    })
+    .await
+    .unwrap();
+
+    // 8. A failing poll (the secret is gone): MountRotationFailed, the files stay.
+    env.bao
+        .ok(
+            reqwest::Method::DELETE,
+            &format!("secret/metadata/{kv}"),
+            None,
+        )
+        .await;
+    let failed = cluster.wait_event("app-pod", "MountRotationFailed").await;
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        std::fs::read_to_string(target.join("password")).unwrap(),
+        "pw-2"
+    );
+
+    // 9. Unpublish: unmounted; the Secret stays, owned by the Pod (the garbage collector
+    // deletes it with the last owning Pod); the SPCPS stays, owned by the Pod.
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: vol.clone(),
+        target_path: target.to_str().unwrap().to_owned(),
+    })
+    .await
+    .unwrap();
+    assert!(!target.join("username").exists());
+    let kept = secrets.get("app-creds").await.unwrap();
+    assert_eq!(kept.metadata.owner_references.unwrap()[0].uid, app_uid);
+    assert!(statuses.get_opt(&status_name).await.unwrap().is_some());
+
+    // 10. Every upstream counter moved.
+    let m = driver.scrape().await;
+    for (name, labels) in [
+        ("node_publish_total", vec![("provider", "openbao")]),
+        ("node_unpublish_total", vec![]),
+        (
+            "node_publish_error_total",
+            vec![("error_type", "ProviderError")],
+        ),
+        (
+            "node_publish_error_total",
+            vec![("error_type", "SecretProviderClassNotFound")],
+        ),
+        ("sync_k8s_secret_total", vec![("provider", "openbao")]),
+        ("sync_k8s_secret_duration_sec_count", vec![]),
+        ("rotation_reconcile_total", vec![("rotated", "true")]),
+        ("rotation_reconcile_total", vec![("rotated", "false")]),
+        (
+            "rotation_reconcile_error_total",
+            vec![("error_type", "FailedToRotate")],
+        ),
+        ("rotation_reconcile_duration_sec_count", vec![]),
+        (
+            "baofs_openbao_fetches_total",
+            vec![("kind", "publish"), ("outcome", "ok")],
+        ),
+        (
+            "baofs_openbao_requests_total",
+            vec![("kind", "login"), ("outcome", "2xx")],
+        ),
+        (
+            "baofs_openbao_requests_total",
+            vec![("kind", "read"), ("outcome", "2xx")],
+        ),
+        (
+            "baofs_k8s_writes_total",
+            vec![("kind", "secret"), ("outcome", "ok")],
+        ),
+        (
+            "baofs_k8s_writes_total",
+            vec![("kind", "pod_status"), ("outcome", "ok")],
+        ),
+        (
+            "baofs_k8s_writes_total",
+            vec![("kind", "event"), ("outcome", "ok")],
+        ),
+    ] {
+        assert!(
+            metric(&m, name, &labels) >= 1.0,
+            "{name} {labels:?} did not move:\n{m}"
+        );
+    }
+    assert!(metric(&m, "node_publish_total", &[]) >= 2.0);
+    assert!(metric(&m, "sync_k8s_secret_total", &[]) >= 3.0);
+    assert!(
+        !m.contains("pw-") && !m.contains("alice"),
+        "a value in the metrics"
+    );
+
+    let log = driver.stop();
+    assert!(
+        !log.contains("watching SecretProviderClasses failed"),
+        "the SPC watch failed:\n{log}"
+    );
+    for needle in [
+        "pw-1",
+        "pw-2",
+        token.as_str(),
+        token2.as_str(),
+        other_token.as_str(),
+    ] {
+        assert!(
+            !log.contains(needle),
+            "the driver log contains a value or a token"
+        );
+    }
+    cluster.cleanup().await;
+}
+
+/// A Secret of the same name that the driver does not manage is never overwritten: the mount
+/// is served, the pod gets FailedToCreateSecret, the foreign Secret is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_secret_is_not_overwritten() {
+    let Some(env) = setup().await else {
+        return;
+    };
+    let mut cluster = Cluster::new(&env.kube, "bkf").await;
+    let ns = cluster.ns.clone();
+    let kv = unique("foreign");
+    env.bao.kv2_put(&kv, json!({"password": "pw-f"})).await;
+    cluster.service_account("app").await;
+    let uid = cluster.pod("app-pod", "app").await;
+    let mount = kubernetes_auth(
+        &env,
+        &mut cluster,
+        "app",
+        "app",
+        &[format!("secret/data/{kv}")],
+    )
+    .await;
+    let foreign: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shared", "labels": {"owner": "someone-else"}},
+        "stringData": {"password": "theirs"}
+    }))
+    .unwrap();
+    let secrets = cluster.api::<Secret>();
+    let foreign = secrets
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let params: BTreeMap<String, String> = [
+        ("baoAddress", env.bao.addr.clone()),
+        ("roleName", "app".to_owned()),
+        ("baoKubernetesMountPath", mount),
+        (
+            "objects",
+            format!(
+                "- objectName: password\n  secretPath: secret/data/{kv}\n  secretKey: password\n"
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let so = SecretObject {
+        secret_name: Some("shared".into()),
+        type_: Some("Opaque".into()),
+        data: data(&[("password", "password")]),
+        ..Default::default()
+    };
+    cluster.spc(spc_object("spc", params, vec![so])).await;
+
+    let driver = Driver::start(&env).await;
+    let mut node = driver.node().await;
+    let pod = PodRef {
+        ns: ns.clone(),
+        name: "app-pod".into(),
+        uid: uid.clone(),
+        sa: "app".into(),
+    };
+    let token = cluster
+        .token("app", Some(vec!["openbao".into()]), Some(("app-pod", &uid)))
+        .await;
+    let target = driver.target(&uid, "secrets");
+    let vol = volume_id();
+    node.node_publish_volume(publish_request(&vol, &target, &pod, "spc", &token))
+        .await
+        .unwrap_or_else(|s| panic!("publish: {s:?}\n{}", driver.log()));
+    assert_eq!(
+        std::fs::read_to_string(target.join("password")).unwrap(),
+        "pw-f"
+    );
+    let ev = cluster.wait_event("app-pod", "FailedToCreateSecret").await;
+    assert!(
+        ev.note.clone().unwrap_or_default().contains("not managed"),
+        "{ev:?}"
+    );
+    let after = secrets.get("shared").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        foreign.metadata.resource_version
+    );
+    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: vol,
+        target_path: target.to_str().unwrap().to_owned(),
+    })
+    .await
+    .unwrap();
+    driver.stop();
+    cluster.cleanup().await;
+}
