@@ -213,6 +213,9 @@ pub struct Version {
     pub generation: u32,
     /// When this version was fetched (the file's mtime and ctime).
     pub fetched_at: SystemTime,
+    /// The provider's opaque version of the object (keyed hash of config and content, plus the
+    /// KV v2 version): what status and SecretProviderClassPodStatus report. Reveals no value.
+    pub id: String,
 }
 
 /// The current versions of every file of a volume. Immutable once built.
@@ -288,8 +291,8 @@ impl CachedVolume {
     pub fn replace(&self, fetched: Vec<FetchedObject>) -> Result<ChangeSet, CacheError> {
         let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
-        let (next, changes) = build_snapshot(self, Some(&old), fetched)?;
-        if !changes.is_empty() {
+        let (next, changes, relabelled) = build_snapshot(self, Some(&old), fetched)?;
+        if !changes.is_empty() || relabelled {
             self.current.store(Arc::new(next));
         }
         Ok(ChangeSet {
@@ -303,11 +306,12 @@ fn next_generation(g: u32) -> u32 {
     if g >= MAX_GENERATION { 1 } else { g + 1 }
 }
 
+/// The next snapshot, the files whose bytes changed, and whether only version ids moved.
 fn build_snapshot(
     vol: &CachedVolume,
     old: Option<&Snapshot>,
     fetched: Vec<FetchedObject>,
-) -> Result<(Snapshot, Vec<Change>), CacheError> {
+) -> Result<(Snapshot, Vec<Change>, bool), CacheError> {
     let mismatch = |detail: String| CacheError::LayoutMismatch {
         volume: vol.id.clone(),
         detail,
@@ -322,6 +326,7 @@ fn build_snapshot(
     let now = SystemTime::now();
     let mut versions: Vec<Option<Version>> = vec![None; vol.layout.len()];
     let mut changes = Vec::new();
+    let mut relabelled = false;
     for (i, obj) in fetched.into_iter().enumerate() {
         let node = vol.layout.object_nodes[i];
         if vol.layout.node(node).map(|n| n.name.as_str()) != obj.path.components().last() {
@@ -329,7 +334,15 @@ fn build_snapshot(
         }
         let previous = old.and_then(|s| s.version(node));
         let version = match previous {
-            Some(prev) if prev.value.same_value(&obj.value) => prev.clone(),
+            Some(prev) if prev.value.same_value(&obj.value) => {
+                // Same bytes, same inode; only the reported id may move (a KV v2 write of an
+                // equal value is a new KV version).
+                relabelled |= prev.id != obj.version;
+                Version {
+                    id: obj.version,
+                    ..prev.clone()
+                }
+            }
             Some(prev) => {
                 let generation = next_generation(prev.generation);
                 changes.push(Change {
@@ -342,17 +355,19 @@ fn build_snapshot(
                     value: obj.value,
                     generation,
                     fetched_at: now,
+                    id: obj.version,
                 }
             }
             None => Version {
                 value: obj.value,
                 generation: 1,
                 fetched_at: now,
+                id: obj.version,
             },
         };
         versions[usize::from(node)] = Some(version);
     }
-    Ok((Snapshot { versions }, changes))
+    Ok((Snapshot { versions }, changes, relabelled))
 }
 
 /// Every cached volume, by slot and by id. Lookups are lock-free; publish and unpublish copy
@@ -410,7 +425,7 @@ impl SecretCache {
             current: ArcSwap::from_pointee(Snapshot::default()),
             write: Mutex::new(()),
         };
-        let (snapshot, _) = build_snapshot(&vol, None, fetched)?;
+        let (snapshot, _, _) = build_snapshot(&vol, None, fetched)?;
         vol.current = ArcSwap::from_pointee(snapshot);
         let vol = Arc::new(vol);
         let mut by_slot = (*slots).clone();
@@ -571,6 +586,27 @@ pub(crate) mod tests {
         assert_eq!(after.version(a).map(|v| v.generation), Some(1));
         // The old snapshot is untouched: an open reader keeps its version.
         assert_eq!(before.version(b).map(|v| v.value.expose()), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn equal_bytes_with_a_new_version_id_keep_the_inode_and_report_the_id() {
+        let objs = objects(&[("a", None)]);
+        let cache = SecretCache::new();
+        let vol = cache
+            .insert(
+                "v",
+                Layout::new("v", &objs).expect("layout"),
+                Ownership::default(),
+                fetched(&objs, &["same"]),
+            )
+            .expect("insert");
+        let node = vol.layout.object_node(0).expect("a");
+        let mut next = fetched(&objs, &["same"]);
+        next[0].version = "v2-xyz".into();
+        let cs = vol.replace(next).expect("replace");
+        assert!(cs.is_empty(), "equal bytes are not a change");
+        let v = vol.snapshot().version(node).cloned().expect("version");
+        assert_eq!((v.generation, v.id.as_str()), (1, "v2-xyz"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("baofs: error: {e:#}");
+            eprintln!("baofs: error: {e}");
             ExitCode::FAILURE
         }
     }

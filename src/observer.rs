@@ -25,6 +25,8 @@ pub struct ObjectValue {
     pub path: ObjectPath,
     /// Content generation (1 at publish, +1 per change).
     pub generation: u32,
+    /// The provider's opaque version (reveals no value).
+    pub version: String,
     /// The value.
     pub value: SecretBytes,
 }

@@ -302,6 +302,7 @@ impl PolledVolume {
                 Some(ObjectValue {
                     path: o.path.clone(),
                     generation: v.generation,
+                    version: v.id.clone(),
                     value: v.value.clone(),
                 })
             })

@@ -118,7 +118,9 @@ pub struct ObjectStatus {
     /// `objectName`.
     pub name: String,
     /// Content generation: 1 at publish, +1 per change.
-    pub version: u32,
+    pub generation: u32,
+    /// The provider's opaque version (as in SecretProviderClassPodStatus).
+    pub version: String,
     /// Size in bytes.
     pub size: usize,
     /// When this version was fetched.
@@ -572,7 +574,8 @@ impl Publisher {
                         let v = snap.version(node)?;
                         Some(ObjectStatus {
                             name: o.path.to_string(),
-                            version: v.generation,
+                            generation: v.generation,
+                            version: v.id.clone(),
                             size: v.value.len(),
                             fetched_at: v.fetched_at,
                         })

@@ -49,7 +49,9 @@ pub struct ObjectReport {
     /// `objectName`.
     pub name: String,
     /// Content generation: 1 at publish, +1 per change.
-    pub version: u32,
+    pub generation: u32,
+    /// The provider's opaque version (as in SecretProviderClassPodStatus).
+    pub version: String,
     /// Size in bytes.
     pub size: usize,
     /// When this version was fetched (RFC 3339, UTC).
@@ -143,6 +145,7 @@ pub fn report(publisher: &Publisher) -> ProcessReport {
                     .into_iter()
                     .map(|o| ObjectReport {
                         name: o.name,
+                        generation: o.generation,
                         version: o.version,
                         size: o.size,
                         fetched_at: rfc3339(o.fetched_at),
@@ -298,8 +301,8 @@ pub fn render(reports: &[ProcessReport]) -> String {
             }
             for o in &v.objects {
                 out.push_str(&format!(
-                    "    - {}  version {}  {} bytes  fetched {}\n",
-                    o.name, o.version, o.size, o.fetched_at
+                    "    - {}  version {} (generation {})  {} bytes  fetched {}\n",
+                    o.name, o.version, o.generation, o.size, o.fetched_at
                 ));
             }
         }
@@ -349,7 +352,8 @@ mod tests {
                 last_error: Some("read secret/data/x: HTTP 503".into()),
                 objects: vec![ObjectReport {
                     name: "password".into(),
-                    version: 3,
+                    generation: 3,
+                    version: "v3-abc".into(),
                     size: 12,
                     fetched_at: "t1".into(),
                 }],
@@ -357,7 +361,7 @@ mod tests {
         };
         let text = render(&[r]);
         assert!(text.contains("/mnt/x"));
-        assert!(text.contains("password  version 3  12 bytes"));
+        assert!(text.contains("password  version v3-abc (generation 3)  12 bytes"));
         assert!(text.contains("LAST ERROR: read secret/data/x: HTTP 503"));
         assert!(text.contains("pod ns/p"));
     }

@@ -138,7 +138,10 @@ fn spc_code(e: &SpcLookupError) -> Code {
 }
 
 fn provider_code(e: &ProviderError) -> Code {
-    if e.is_permission_denied() {
+    if matches!(e, ProviderError::TlsConfig { .. }) {
+        // The SPC names a CA/cert file that is missing or unusable: fix the SPC.
+        Code::InvalidArgument
+    } else if e.is_permission_denied() {
         Code::PermissionDenied
     } else if e.is_transient() {
         Code::Unavailable

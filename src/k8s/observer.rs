@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::events::{self, EventRecorder};
-use super::pod_status::{PodStatusWriter, Versioner};
+use super::pod_status::{PodStatusWriter, versions};
 use crate::metrics::{FAILED_TO_ROTATE, Metrics};
 use crate::observer::{CallObserver, PublishReport, VolumeEvent, VolumeObserver, VolumeView};
 use crate::provider::BoxFuture;
@@ -50,7 +50,6 @@ pub struct KubeObserver {
     syncer: SecretSyncer,
     status: PodStatusWriter,
     events: EventRecorder,
-    versions: Versioner,
     metrics: Arc<Metrics>,
     volumes: Mutex<HashMap<PathBuf, Tracked>>,
 }
@@ -76,7 +75,6 @@ impl KubeObserver {
             syncer: SecretSyncer::new(client.clone(), Arc::clone(&metrics)),
             status: PodStatusWriter::new(client.clone(), node_id.to_owned(), Arc::clone(&metrics)),
             events: EventRecorder::new(client, node_id, Arc::clone(&metrics)),
-            versions: Versioner::new(),
             metrics,
             volumes: Mutex::new(HashMap::new()),
         })
@@ -174,7 +172,7 @@ impl KubeObserver {
                 }
             }
         }
-        let versions = self.versions.versions(view);
+        let versions = versions(view);
         if let Err(e) = self.status.record(view, versions).await {
             warn!(volume = %view.spec.id, error = %e, reason = e.reason(),
                   "writing the SecretProviderClassPodStatus failed; retrying in the background");

@@ -3,17 +3,11 @@
 //! server-side apply on publish and whenever an object's version changes, never on a
 //! republish or a poll that changed nothing (upstream #2058 writes on every republish).
 //!
-//! Versions are opaque: a keyed HMAC-SHA256 (random key per process, never leaves memory) of
-//! the object's name and bytes, so equal content gives an equal version and the version says
-//! nothing about the value.
+//! Versions are the provider's opaque object versions (see `provider::openbao::version`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aws_lc_rs::hmac;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -24,56 +18,20 @@ use super::{FIELD_MANAGER, K8sError, NODE_LABEL, object_name};
 use crate::metrics::Metrics;
 use crate::observer::VolumeView;
 
-/// Opaque content versions of a volume's objects.
-pub struct Versioner {
-    key: hmac::Key,
-}
-
-impl std::fmt::Debug for Versioner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Versioner")
-    }
-}
-
-impl Versioner {
-    /// A versioner with a fresh random key.
-    pub fn new() -> Self {
-        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-        // An RNG failure leaves a zero key: versions stay opaque to the API (they only reveal
-        // equality of content, which they are meant to).
-        let _ = SystemRandom::new().fill(&mut bytes[..]);
-        Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &bytes[..]),
-        }
-    }
-
-    /// `[{id, version}]` sorted by id.
-    pub fn versions(&self, view: &VolumeView) -> Vec<ObjectVersion> {
-        let mut out: Vec<ObjectVersion> = view
-            .objects
-            .iter()
-            .map(|o| {
-                let mut ctx = hmac::Context::with_key(&self.key);
-                let id = o.path.as_str();
-                ctx.update(&(id.len() as u64).to_be_bytes());
-                ctx.update(id.as_bytes());
-                ctx.update(o.value.expose());
-                let tag = ctx.sign();
-                ObjectVersion {
-                    id: id.to_owned(),
-                    version: URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16]),
-                }
-            })
-            .collect();
-        out.sort();
-        out
-    }
-}
-
-impl Default for Versioner {
-    fn default() -> Self {
-        Self::new()
-    }
+/// `[{id, version}]` sorted by id. The versions are the provider's: a keyed hash of the
+/// object's config and content (key random per process, never leaves memory), so they change
+/// exactly when the content does and reveal nothing about it.
+pub fn versions(view: &VolumeView) -> Vec<ObjectVersion> {
+    let mut out: Vec<ObjectVersion> = view
+        .objects
+        .iter()
+        .map(|o| ObjectVersion {
+            id: o.path.as_str().to_owned(),
+            version: o.version.clone(),
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// `<pod>-<namespace>-<spc>` (upstream's name).
@@ -240,6 +198,7 @@ mod tests {
                 .map(|(p, v)| ObjectValue {
                     path: ObjectPath::parse(p).unwrap_or_else(|_| panic!("path")),
                     generation: 1,
+                    version: format!("ver-{v}"),
                     value: SecretBytes::copy_from(v.as_bytes()),
                 })
                 .collect(),
@@ -247,18 +206,12 @@ mod tests {
     }
 
     #[test]
-    fn versions_are_sorted_stable_and_opaque() {
-        let v = Versioner::new();
-        let a = v.versions(&view(&[("b", "1"), ("a", "2")]));
+    fn versions_are_the_providers_sorted_by_id() {
+        let a = versions(&view(&[("b", "1"), ("a", "2")]));
         assert_eq!(a[0].id, "a");
+        assert_eq!(a[0].version, "ver-2");
         assert_eq!(a[1].id, "b");
-        assert_eq!(a, v.versions(&view(&[("b", "1"), ("a", "2")])));
-        let changed = v.versions(&view(&[("b", "1"), ("a", "3")]));
-        assert_ne!(a[0].version, changed[0].version);
-        assert_eq!(a[1].version, changed[1].version);
-        // Same bytes under another name: another version.
-        assert_ne!(a[0].version, v.versions(&view(&[("a", "1")]))[0].version);
-        assert_eq!(a[0].version.len(), 22);
+        assert_eq!(a[1].version, "ver-1");
     }
 
     #[test]
