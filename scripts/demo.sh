@@ -120,6 +120,10 @@ info "$ ls -l $TARGET"
 # shellcheck disable=SC2012
 ls -l "$TARGET" | sed 's/^/    /'
 
+step "What the node serves (never a value): baofs status"
+info "$ baofs status --state-dir $STATE"
+"$BAOFS" status --state-dir "$STATE" | sed 's/^/    /'
+
 step "Rotating: bao kv put secret/demo password=v2"
 t0=$(now_ms)
 "$BAOFS_TEST_BAO_BIN" kv put secret/demo password=v2 >/dev/null
