@@ -267,7 +267,7 @@ peers_kube_start() {
             --service-account-key-file="$pki/sa.pub" \
             --service-account-signing-key-file="$pki/sa.key" \
             --api-audiences="$addr,openbao" \
-            --authorization-mode=RBAC \
+            --authorization-mode=RBAC --allow-privileged=true \
             --token-auth-file="$pki/tokens.csv" \
             --service-cluster-ip-range=10.96.0.0/24 \
             --endpoint-reconciler-type=none \

@@ -162,6 +162,21 @@ if [[ "$SKIP_FUSE" != 1 ]]; then
     fi
 fi
 
+# --- deployment: chart lint/template, schema validation, server-side dry-run on the apiserver ----
+deploy_passed=0
+deploy_failed=0
+say "running scripts/deploy-check.sh"
+DEPLOY_LOG="$WORK/logs/deploy-check.log"
+BAOFS_TEST_KUBECONFIG="${BAOFS_TEST_KUBECONFIG:-}" bash scripts/deploy-check.sh 2>&1 | tee "$DEPLOY_LOG"
+deploy_rc=${PIPESTATUS[0]}
+read -r deploy_passed deploy_failed < <(awk '
+    /^deploy-check: [0-9]+ passed, [0-9]+ failed/ { p = $2; f = $4 }
+    END { printf "%d %d\n", p, f }' "$DEPLOY_LOG")
+if ((deploy_rc != 0)); then
+    rc=1
+    ((deploy_failed == 0)) && deploy_failed=1
+fi
+
 peers_bao_stop
 peers_kube_stop
 peers_bao_tls_stop
@@ -185,8 +200,9 @@ echo
 echo "================================ baofs test summary ================================"
 echo "suites: $suites   passed: $passed   failed: $failed   ignored: $ignored   time: ${elapsed}s"
 echo "csi-sanity: $sanity_passed passed, $sanity_failed failed"
-passed=$((passed + sanity_passed))
-failed=$((failed + sanity_failed))
+echo "deploy-check: $deploy_passed passed, $deploy_failed failed"
+passed=$((passed + sanity_passed + deploy_passed))
+failed=$((failed + sanity_failed + deploy_failed))
 if [[ "$SKIP_FUSE" == 1 ]]; then
     echo "NOTE: BAOFS_SKIP_FUSE=1 - the real-kernel FUSE tests returned early (counted as passed)"
 fi

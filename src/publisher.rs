@@ -505,7 +505,7 @@ impl Publisher {
 
     async fn unpublish_locked(&self, target: &Path) -> Result<Unpublished, PublishError> {
         let Some(m) = self.mounted(target) else {
-            return Ok(Unpublished::NotMounted);
+            return self.unpublish_foreign(target);
         };
         let how = self
             .with_hub(|h| h.unbind(target))
@@ -516,6 +516,35 @@ impl Publisher {
             .remove(target);
         self.retire(&m).await;
         info!(target = %target.display(), ?how, "unpublished");
+        Ok(Unpublished::Unmounted)
+    }
+
+    /// A target this process did not publish: a volume of a dead baofs process, or a tmpfs of
+    /// the Secrets Store CSI Driver this node ran before. Unpublish means "nothing mounted
+    /// here afterwards", as upstream does it, so whatever is mounted is unmounted (lazily if
+    /// busy); otherwise kubelet could never finish tearing the pod down.
+    fn unpublish_foreign(&self, target: &Path) -> Result<Unpublished, PublishError> {
+        let canonical = match std::fs::canonicalize(target) {
+            Ok(c) => c,
+            // A dead FUSE mount answers ENOTCONN even to canonicalize: it is mounted.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => target.to_owned(),
+            Err(_) => return Ok(Unpublished::NotMounted),
+        };
+        let mounted =
+            fuse::mount::is_mount_point(&canonical).map_err(|e| PublishError::InvalidTarget {
+                target: target.to_owned(),
+                reason: format!("reading /proc/self/mountinfo: {e}"),
+            })?;
+        if !mounted {
+            return Ok(Unpublished::NotMounted);
+        }
+        let how = fuse::mount::unmount(&canonical).map_err(|source| {
+            PublishError::Fuse(FuseError::Unmount {
+                target: target.to_owned(),
+                source,
+            })
+        })?;
+        warn!(target = %target.display(), ?how, "unmounted a mount this process did not make");
         Ok(Unpublished::Unmounted)
     }
 

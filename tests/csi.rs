@@ -1259,3 +1259,30 @@ async fn startup_refuses_bad_configuration() {
         "a failed start left a mount"
     );
 }
+
+/// Migration and crash recovery: NodeUnpublishVolume on a target that this driver did not
+/// mount (the old Secrets Store CSI Driver's tmpfs) unmounts it, as upstream does, so kubelet
+/// can finish tearing the pod down.
+#[tokio::test]
+async fn unpublish_unmounts_what_another_driver_left() {
+    let Some(_cx) = setup() else { return };
+    let d = Driver::start("foreign").await;
+    let target = d.dir.path.join("pods/old/mount");
+    std::fs::create_dir_all(&target).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs");
+    assert!(is_mounted(&target));
+    let mut node = d.node().await;
+    node.node_unpublish_volume(unpublish_request("csi-old-driver-volume", &target))
+        .await
+        .unwrap();
+    assert!(!is_mounted(&target), "the foreign tmpfs is still mounted");
+    // Nothing there any more: a second unpublish is a no-op.
+    node.node_unpublish_volume(unpublish_request("csi-old-driver-volume", &target))
+        .await
+        .unwrap();
+}
