@@ -42,4 +42,5 @@ pub mod spc_source;
 pub mod status;
 pub mod syncer;
 pub mod telemetry;
+pub mod timefmt;
 pub mod volume;
