@@ -5,8 +5,14 @@
 //! (p50/p99/max), resident memory and threads of the process, the hot-read ratio against tmpfs
 //! with every volume mounted, and unpublish time; it checks that unpublishing all leaves no mount.
 //!
-//! Needs root, /dev/fuse and a real OpenBao: `scripts/bench.sh scale`. Fetches are not shared
-//! between volumes yet (scale issue), so each publish reads its 3 objects from OpenBao.
+//! Then the sharing figures (issue 6), counted from OpenBao's own file audit log: a second dev
+//! server with a file audit device is started from `BAOFS_TEST_BAO_BIN`, with jwt auth at
+//! `kubernetes`; `BENCH_SHARE_VOLUMES` (default 100) volumes of one SPC (3 objects) are
+//! published, one per pod of one service account (distinct JWTs), then polled once after the
+//! share window: the poll must cost at most 3 reads and no login.
+//!
+//! Needs root, /dev/fuse and a real OpenBao: `scripts/bench.sh scale`. The provider shares reads
+//! as `baofs csi` does (window: half the 2 min poll interval).
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::CString;
@@ -118,8 +124,13 @@ spec:
         .enable_all()
         .build()
         .unwrap();
-    let provider: Arc<dyn Provider> =
-        Arc::new(OpenBaoProvider::new(OpenBaoConfig::default()).unwrap());
+    let provider: Arc<dyn Provider> = Arc::new(
+        OpenBaoProvider::new(OpenBaoConfig {
+            share_window: Duration::from_secs(60),
+            ..OpenBaoConfig::default()
+        })
+        .unwrap(),
+    );
     let publisher = rt
         .block_on(async {
             Publisher::start(
@@ -211,8 +222,366 @@ spec:
     println!("mounts left under the targets after unpublish: {left}");
     rt.block_on(publisher.shutdown());
     sys_umount(&tmpfs);
+
+    let shares = std::env::var("BENCH_SHARE_VOLUMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let poll = sharing(&rt, &work, shares);
     let _ = std::fs::remove_dir_all(&work);
     assert_eq!(left, 0, "unpublish left mounts behind");
+    assert!(
+        poll.reads <= 3,
+        "one poll of {shares} volumes read {} times",
+        poll.reads
+    );
+    assert_eq!(poll.logins, 0, "a poll logged in while the token was valid");
+}
+
+/// OpenBao requests seen in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    logins: usize,
+    reads: usize,
+}
+
+/// A dev OpenBao with a file audit device; killed when dropped.
+struct AuditedBao {
+    child: std::process::Child,
+    addr: String,
+    audit: PathBuf,
+}
+
+impl Drop for AuditedBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AuditedBao {
+    fn start(dir: &Path) -> Self {
+        let bin = env("BAOFS_TEST_BAO_BIN");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let audit = dir.join("audit.log");
+        let config = dir.join("audit.hcl");
+        std::fs::write(
+            &config,
+            format!(
+                "audit \"file\" \"bench\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                audit.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("openbao.log")).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["server", "-dev", "-dev-root-token-id=root"])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .arg(format!("-config={}", config.display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let bao = Self {
+            child,
+            addr: format!("http://127.0.0.1:{port}"),
+            audit,
+        };
+        let client = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let healthy = client
+                .get(format!("{}/v1/sys/health", bao.addr))
+                .send()
+                .is_ok_and(|r| r.status().as_u16() == 200);
+            if healthy {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the audited OpenBao did not start"
+            );
+            // Back-off between health checks, not synchronisation.
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+        bao
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: serde_json::Value) {
+        let resp = reqwest::blocking::Client::new()
+            .request(method, format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", "root")
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    }
+
+    /// Logins at `auth/kubernetes/login` and reads of `secret/data/<prefix>*`.
+    fn counts(&self, prefix: &str) -> Counts {
+        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
+        let entries: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &serde_json::Value| e["type"] == "request")
+            .collect();
+        let path = |e: &serde_json::Value| e["request"]["path"].as_str().unwrap_or("").to_owned();
+        Counts {
+            logins: entries
+                .iter()
+                .filter(|e| path(e) == "auth/kubernetes/login")
+                .count(),
+            reads: entries
+                .iter()
+                .filter(|e| {
+                    e["request"]["operation"] == "read"
+                        && path(e).starts_with(&format!("secret/data/{prefix}"))
+                })
+                .count(),
+        }
+    }
+}
+
+/// The sharing figures: `n` volumes of one SPC and one service account; returns one poll's
+/// counts.
+fn sharing(rt: &tokio::runtime::Runtime, work: &Path, n: usize) -> Counts {
+    let dir = work.join("share");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bao = AuditedBao::start(&dir);
+    let keys = RsaKeys::generate(&dir);
+    let kib = "s".repeat(1024);
+    for key in ["a", "b", "c"] {
+        bao.call(
+            reqwest::Method::POST,
+            &format!("secret/data/share-{key}"),
+            serde_json::json!({ "data": { "value": kib } }),
+        );
+    }
+    bao.call(
+        reqwest::Method::PUT,
+        "sys/policies/acl/bench",
+        serde_json::json!({"policy": "path \"secret/data/share-*\" { capabilities = [\"read\"] }"}),
+    );
+    bao.call(
+        reqwest::Method::POST,
+        "sys/auth/kubernetes",
+        serde_json::json!({"type": "jwt"}),
+    );
+    bao.call(
+        reqwest::Method::POST,
+        "auth/kubernetes/config",
+        serde_json::json!({"jwt_validation_pubkeys": [keys.public_pem]}),
+    );
+    bao.call(
+        reqwest::Method::POST,
+        "auth/kubernetes/role/bench",
+        serde_json::json!({
+            "role_type": "jwt", "bound_audiences": ["openbao"], "user_claim": "sub",
+            "bound_subject": "system:serviceaccount:bench:app",
+            "token_policies": ["bench"], "token_ttl": "1h"
+        }),
+    );
+    let spc = SecretProviderClass::from_yaml(&format!(
+        r#"apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata: {{name: shared, namespace: bench}}
+spec:
+  provider: openbao
+  parameters:
+    vaultAddress: {}
+    roleName: bench
+    objects: |
+      - {{objectName: a, secretPath: secret/data/share-a, secretKey: value}}
+      - {{objectName: b, secretPath: secret/data/share-b, secretKey: value}}
+      - {{objectName: c, secretPath: secret/data/share-c, secretKey: value}}
+"#,
+        bao.addr
+    ))
+    .unwrap();
+    // One pod per volume, one service account: distinct JWTs, one identity.
+    let specs: Vec<VolumeSpec> = (0..n)
+        .map(|i| VolumeSpec {
+            id: format!("share-{i:04}"),
+            spc: spc.clone(),
+            pod: PodInfo::default(),
+            credentials: Credentials::Jwt(SecretString::new(keys.sa_token(
+                "bench",
+                "app",
+                &format!("app-{i}"),
+                &dir,
+            ))),
+            ownership: Ownership::default(),
+        })
+        .collect();
+    // The window `baofs csi` would use with a poll interval of 2 s.
+    let window = Duration::from_secs(1);
+    let provider = Arc::new(
+        OpenBaoProvider::new(OpenBaoConfig {
+            share_window: window,
+            ..OpenBaoConfig::default()
+        })
+        .unwrap(),
+    );
+    let targets = dir.join("t");
+    let publisher = rt
+        .block_on(async {
+            Publisher::start(
+                PublisherConfig {
+                    state_dir: dir.join("state"),
+                    rotation: None,
+                    fuse_threads: 2,
+                    create_missing_targets: true,
+                },
+                Arc::clone(&provider) as Arc<dyn Provider>,
+                Arc::new(NoObserver),
+            )
+        })
+        .unwrap();
+    let before = bao.counts("share-");
+    let t0 = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = specs
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, spec)| {
+                let publisher = Arc::clone(&publisher);
+                let target = targets.join(i.to_string());
+                tokio::spawn(async move { publisher.publish(spec, &target).await.map(|_| ()) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    let published = bao.counts("share-");
+    let publish_time = t0.elapsed();
+    let done = Instant::now();
+    // One poll, after the share window: every volume fetches once, as the poller does.
+    while done.elapsed() <= window {
+        std::thread::sleep(window.saturating_sub(done.elapsed()) + Duration::from_millis(1));
+    }
+    rt.block_on(async {
+        let tasks: Vec<_> = specs
+            .iter()
+            .cloned()
+            .map(|spec| {
+                let provider = Arc::clone(&provider);
+                tokio::spawn(async move { provider.fetch(&spec).await.map(|_| ()) })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    });
+    let polled = bao.counts("share-");
+    rt.block_on(async {
+        for i in 0..n {
+            publisher
+                .unpublish(&targets.join(i.to_string()))
+                .await
+                .unwrap();
+        }
+        publisher.shutdown().await;
+    });
+    let poll = Counts {
+        logins: polled.logins - published.logins,
+        reads: polled.reads - published.reads,
+    };
+    println!(
+        "sharing, {n} volumes x 3 objects, one service account (one JWT per pod), counted in OpenBao's audit log:"
+    );
+    println!(
+        "  publish all ({publish_time:?}): {} logins (each pod's JWT accepted once), {} reads",
+        published.logins - before.logins,
+        published.reads - before.reads
+    );
+    println!(
+        "  one poll of all {n} volumes: {} logins, {} reads (target: 0 logins, <= 3 reads)",
+        poll.logins, poll.reads
+    );
+    println!(
+        "  without sharing (upstream): {} logins and {} reads per poll",
+        n,
+        3 * n
+    );
+    poll
+}
+
+/// The RSA key the bench's "cluster" signs service-account tokens with (openssl CLI).
+struct RsaKeys {
+    private: PathBuf,
+    public_pem: String,
+}
+
+impl RsaKeys {
+    fn generate(dir: &Path) -> Self {
+        let private = dir.join("sa.key");
+        let public = dir.join("sa.pub");
+        openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ],
+            &private,
+            None,
+        );
+        openssl(&["pkey", "-pubout", "-out"], &public, Some(&private));
+        Self {
+            public_pem: std::fs::read_to_string(&public).unwrap(),
+            private,
+        }
+    }
+
+    fn sa_token(&self, ns: &str, sa: &str, pod: &str, dir: &Path) -> String {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "aud": ["openbao"], "exp": now + 3600, "iat": now, "nbf": now,
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "sub": format!("system:serviceaccount:{ns}:{sa}"),
+            "kubernetes.io": {"namespace": ns, "pod": {"name": pod}, "serviceaccount": {"name": sa}}
+        });
+        let input = format!(
+            "{}.{}",
+            b64(br#"{"alg":"RS256","typ":"JWT"}"#),
+            b64(claims.to_string().as_bytes())
+        );
+        let msg = dir.join("jwt.in");
+        std::fs::write(&msg, &input).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-binary", "-sign"])
+            .arg(&self.private)
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl dgst failed");
+        format!("{input}.{}", b64(&out.stdout))
+    }
+}
+
+fn openssl(args: &[&str], out: &Path, input: Option<&Path>) {
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args(args).arg(out);
+    if let Some(i) = input {
+        cmd.arg("-in").arg(i);
+    }
+    let status = cmd.stderr(std::process::Stdio::null()).status().unwrap();
+    assert!(status.success(), "openssl {args:?} failed");
 }
 
 fn sys_mount_tmpfs(target: &Path) {

@@ -146,6 +146,7 @@ impl OpenBaoArgs {
             request_timeout: self.request_timeout,
             retry_deadline: self.retry_deadline,
             max_object_size: self.max_object_size,
+            share_window: Duration::ZERO,
         }
     }
 }

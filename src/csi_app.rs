@@ -87,7 +87,10 @@ struct Wiring {
 
 /// Kubernetes is used when SPCs come from the API (no `--spc-dir`) or a kubeconfig is given.
 async fn wire(args: &CsiArgs, metrics: &Arc<Metrics>) -> Result<Wiring, CsiAppError> {
-    let openbao: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(args.openbao.config())?);
+    // Volumes of one identity share a static read made within half a poll interval (issue 6).
+    let mut config = args.openbao.config();
+    config.share_window = args.rotation_poll_interval / 2;
+    let openbao: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(config)?);
     if let (Some(dir), None) = (&args.spc_dir, &args.kubeconfig) {
         let spcs = dir_source(dir)?;
         let observer = Arc::new(MetricsObserver::new(Arc::clone(metrics)));

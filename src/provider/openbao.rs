@@ -8,7 +8,11 @@
 //! failures are retried with backoff, and every error names the SPC, the object and the
 //! OpenBao path (and, for TLS, which certificate check failed).
 //!
+//! Static reads are shared across volumes of the same identity (`shared`): one request per
+//! distinct secret per poll, single flight; dynamic secrets stay per volume.
+//!
 //! Submodules: `kv` (pure extraction from a parsed response), `auth` (the login-token cache),
+//! `shared` (reads shared across volumes),
 //! `lease` (what a volume keeps of its dynamic secrets), `tls` (clients per TLS configuration,
 //! certificate errors), `version` (object versions). Secret values, tokens and lease ids never
 //! reach an error, a log line or `Debug`.
@@ -16,6 +20,7 @@
 mod auth;
 pub mod kv;
 mod lease;
+mod shared;
 mod tls;
 mod version;
 
@@ -34,6 +39,8 @@ use crate::volume::{Credentials, VolumeSpec};
 use auth::{CachedToken, LoginKey, TokenCache};
 use kv::{ExtractError, ZeroizingBuf};
 use lease::{Held, LeaseTable, Plan, ReadKey, VolumeLeases};
+use shared::{Outcome, ShareKey, Shared, SharedReads, SharedValue};
+use std::sync::Arc;
 use tls::TlsClients;
 use version::VersionKey;
 
@@ -73,6 +80,10 @@ pub struct OpenBaoConfig {
     pub retry_deadline: Duration,
     /// Largest value of one object, in bytes (after decoding).
     pub max_object_size: usize,
+    /// How long a static response is shared with other volumes of the same identity after it
+    /// was fetched (`baofs csi`: half the poll interval). Zero: only requests in flight are
+    /// shared (concurrent fetches of one key still make one request).
+    pub share_window: Duration,
 }
 
 impl Default for OpenBaoConfig {
@@ -82,6 +93,7 @@ impl Default for OpenBaoConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             retry_deadline: DEFAULT_RETRY_DEADLINE,
             max_object_size: DEFAULT_MAX_OBJECT_SIZE,
+            share_window: Duration::ZERO,
         }
     }
 }
@@ -195,7 +207,7 @@ impl std::error::Error for Cause {}
 
 /// Why a fetch failed. Every variant names the SPC; object errors name the object and the
 /// OpenBao path (never its query string, never a value or a token).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// Neither the SPC nor the environment gives an address.
     #[error(
@@ -337,6 +349,28 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The same failure, as seen by another volume sharing the request: its SPC and object.
+    fn reattributed(&self, spc_name: &str, object_name: &str) -> ProviderError {
+        let mut e = self.clone();
+        match &mut e {
+            ProviderError::Read { spc, object, .. }
+            | ProviderError::KeyNotFound { spc, object, .. }
+            | ProviderError::DeletedVersion { spc, object, .. }
+            | ProviderError::NoData { spc, object, .. }
+            | ProviderError::Decode { spc, object, .. }
+            | ProviderError::TooLarge { spc, object, .. } => {
+                spc_name.clone_into(spc);
+                object_name.clone_into(object);
+            }
+            ProviderError::MissingAddress { spc }
+            | ProviderError::InvalidAddress { spc, .. }
+            | ProviderError::TlsConfig { spc, .. }
+            | ProviderError::Login { spc, .. } => spc_name.clone_into(spc),
+            ProviderError::Client(_) => {}
+        }
+        e
+    }
+
     /// The HTTP status OpenBao answered with, if the failure was one.
     pub fn http_status(&self) -> Option<u16> {
         match self {
@@ -427,6 +461,7 @@ pub struct OpenBaoProvider {
     client: Client,
     tls: TlsClients,
     tokens: TokenCache,
+    shared: SharedReads,
     leases: LeaseTable,
     versions: VersionKey,
 }
@@ -437,6 +472,7 @@ impl fmt::Debug for OpenBaoProvider {
             .field("config", &self.config)
             .field("tls", &self.tls)
             .field("tokens", &self.tokens)
+            .field("shared", &self.shared)
             .field("leases", &self.leases)
             .finish_non_exhaustive()
     }
@@ -459,11 +495,13 @@ impl OpenBaoProvider {
             .build()
             .map_err(|e| ProviderError::Client(error_chain(&e)))?;
         let versions = VersionKey::generate().map_err(ProviderError::Client)?;
+        let share_window = config.share_window;
         Ok(Self {
             config,
             client,
             tls: TlsClients::default(),
             tokens: TokenCache::default(),
+            shared: SharedReads::new(share_window),
             leases: LeaseTable::default(),
             versions,
         })
@@ -488,8 +526,8 @@ impl OpenBaoProvider {
         let base = parse_address(&spc, address)?;
         let address = base.as_str().trim_end_matches('/').to_owned();
         // TLS settings only matter for https (as upstream, they are ignored for http).
-        let client = if params.tls.is_default() || base.scheme() != "https" {
-            self.client.clone()
+        let (client, tls_id) = if params.tls.is_default() || base.scheme() != "https" {
+            (self.client.clone(), [0; 32])
         } else {
             self.tls
                 .client(&params.tls, &spc, &address, || client_builder(&self.config))
@@ -522,6 +560,7 @@ impl OpenBaoProvider {
             address,
             shown,
             client,
+            tls_id,
             namespace,
             namespace_name: params.namespace.clone(),
         })
@@ -530,16 +569,39 @@ impl OpenBaoProvider {
     fn auth_state(&self, spec: &VolumeSpec, ctx: &Ctx) -> AuthState {
         match &spec.credentials {
             Credentials::Token(t) => AuthState::Static(t.clone()),
-            Credentials::Jwt(jwt) => AuthState::Login {
-                key: LoginKey {
+            Credentials::Jwt(jwt) => {
+                let claims = auth::jwt_claims(jwt);
+                let key = LoginKey {
                     address: ctx.address.clone(),
                     namespace: ctx.namespace_name.clone(),
+                    tls: ctx.tls_id,
                     mount: spec.spc.params.auth_mount.clone(),
                     role: spec.spc.params.role_name.clone(),
+                    subject: claims.subject,
+                };
+                AuthState::Login {
+                    acceptance: key.acceptance(jwt),
+                    key,
                     jwt: jwt.clone(),
-                },
-                current: None,
-            },
+                    expires: claims.expires,
+                    current: None,
+                }
+            }
+        }
+    }
+
+    /// The identity part of a shared-read key: where, through which TLS configuration, and
+    /// as whom (a digest of the raw token, or the login identity).
+    fn share_identity(ctx: &Ctx, auth: &AuthState) -> [u8; 32] {
+        match auth {
+            AuthState::Static(t) => shared::digest(&[
+                b"token",
+                ctx.address.as_bytes(),
+                ctx.namespace_name.as_deref().unwrap_or("\0").as_bytes(),
+                &ctx.tls_id,
+                &shared::digest(&[t.expose().as_bytes()]),
+            ]),
+            AuthState::Login { key, .. } => key.digest(),
         }
     }
 
@@ -597,19 +659,18 @@ impl OpenBaoProvider {
         leases: &mut VolumeLeases,
         deadline: Instant,
     ) -> Result<Vec<FetchedObject>, ProviderError> {
-        // `None`: the response is kept in `leases`.
-        let mut owned: Vec<Option<Value>> = Vec::with_capacity(reads.len());
+        let mut owned: Vec<Source> = Vec::with_capacity(reads.len());
         let result = async {
             for (key, first) in reads {
                 let plan = leases.held.get(key).map(|h| h.plan(Instant::now()));
                 let value = match plan {
-                    Some(Plan::Reuse) => None,
+                    Some(Plan::Reuse) => Source::Held,
                     Some(Plan::Renew) => {
                         match self
                             .renew_lease(ctx, auth, first, key, leases, deadline)
                             .await
                         {
-                            Ok(()) => None,
+                            Ok(()) => Source::Held,
                             Err(Renewal::Refused) => {
                                 leases.forget(key);
                                 self.issue(ctx, auth, first, key, leases, deadline).await?
@@ -617,9 +678,14 @@ impl OpenBaoProvider {
                             Err(Renewal::Failed(e)) => return Err(e),
                         }
                     }
-                    Some(Plan::Reissue) | None => {
+                    Some(Plan::Reissue) => {
                         self.issue(ctx, auth, first, key, leases, deadline).await?
                     }
+                    None if key.method == ObjectMethod::Get => {
+                        self.shared_read(ctx, auth, first, key, leases, deadline)
+                            .await?
+                    }
+                    None => self.issue(ctx, auth, first, key, leases, deadline).await?,
                 };
                 owned.push(value);
             }
@@ -642,8 +708,9 @@ impl OpenBaoProvider {
                 .map(|(o, &i)| {
                     let (key, _) = &reads[i];
                     let (response, held) = match &owned[i] {
-                        Some(v) => (v, None),
-                        None => {
+                        Source::Owned(v) => (v, None),
+                        Source::Shared(v) => (v.value(), None),
+                        Source::Held => {
                             let h = leases
                                 .held
                                 .get(key)
@@ -672,12 +739,87 @@ impl OpenBaoProvider {
                 .collect::<Result<Vec<_>, ProviderError>>()
         }
         .await;
-        owned.into_iter().flatten().for_each(kv::zeroize_value);
+        for source in owned {
+            if let Source::Owned(v) = source {
+                kv::zeroize_value(v);
+            }
+        }
         result
     }
 
+    /// A `GET` shared with every volume of the same identity (see `shared`): the response of a
+    /// request in flight or made within the share window, else a new request whose outcome is
+    /// kept for the others. A response with a lease is a dynamic secret: it stays this
+    /// volume's, and the key is never shared again.
+    async fn shared_read(
+        &self,
+        ctx: &Ctx,
+        auth: &mut AuthState,
+        object: &ObjectSpec,
+        key: &ReadKey,
+        leases: &mut VolumeLeases,
+        deadline: Instant,
+    ) -> Result<Source, ProviderError> {
+        // The caller's right to the shared value: its token (for a JWT: one OpenBao accepted
+        // this very JWT for) must be at hand first. Free when the token is cached.
+        self.token(ctx, auth, deadline).await?;
+        let share_key = ShareKey {
+            identity: Self::share_identity(ctx, auth),
+            path: key.path.clone(),
+            query: key.query.clone(),
+        };
+        let arrived = Instant::now();
+        let slot = self.shared.slot(&share_key);
+        let mut outcome = slot.lock().await;
+        let usable = outcome
+            .as_ref()
+            .and_then(|o| o.usable(arrived, Instant::now(), self.shared.window()));
+        match usable {
+            Some(Shared::Value(v)) => {
+                return Ok(Source::Shared(Arc::clone(v)));
+            }
+            Some(Shared::Failed(e)) => {
+                return Err(e.reattributed(&ctx.spc, object.path.as_str()));
+            }
+            Some(Shared::Dynamic) => {
+                drop(outcome);
+                return self.issue(ctx, auth, object, key, leases, deadline).await;
+            }
+            None => {}
+        }
+        match self.issue(ctx, auth, object, key, leases, deadline).await {
+            Ok(Source::Owned(v)) => {
+                let v = Arc::new(SharedValue::new(v));
+                *outcome = Some(Outcome {
+                    at: Instant::now(),
+                    shared: Shared::Value(Arc::clone(&v)),
+                });
+                Ok(Source::Shared(v))
+            }
+            Ok(source) => {
+                *outcome = Some(Outcome {
+                    at: Instant::now(),
+                    shared: Shared::Dynamic,
+                });
+                Ok(source)
+            }
+            // A failed login is this JWT's own; anything else is OpenBao's answer to everyone.
+            Err(e @ ProviderError::Login { .. }) => {
+                *outcome = None;
+                Err(e)
+            }
+            Err(e) => {
+                *outcome = Some(Outcome {
+                    at: Instant::now(),
+                    shared: Shared::Failed(e.clone()),
+                });
+                Err(e)
+            }
+        }
+    }
+
     /// Makes `key`'s request. A dynamic secret (leased, or from a write) is kept in `leases`
-    /// (`Ok(None)`); anything else is returned.
+    /// (`Source::Held`); anything else is returned.
     async fn issue(
         &self,
         ctx: &Ctx,
@@ -686,7 +828,7 @@ impl OpenBaoProvider {
         key: &ReadKey,
         leases: &mut VolumeLeases,
         deadline: Instant,
-    ) -> Result<Option<Value>, ProviderError> {
+    ) -> Result<Source, ProviderError> {
         let reissue = leases.held.contains_key(key);
         let value = self
             .call(
@@ -723,9 +865,9 @@ impl OpenBaoProvider {
                     ),
                 }
                 leases.put(key.clone(), held, now);
-                Ok(None)
+                Ok(Source::Held)
             }
-            Err(value) => Ok(Some(value)),
+            Err(value) => Ok(Source::Owned(value)),
         }
     }
 
@@ -893,7 +1035,10 @@ impl OpenBaoProvider {
             Err(ReadFailure::DeletedVersion) => return Err(deleted()),
             Err(ReadFailure::Cause(c)) => c,
         };
-        let AuthState::Login { key, current } = auth else {
+        let AuthState::Login {
+            key, jwt, current, ..
+        } = auth
+        else {
             return Err(request_error(cause));
         };
         // Only a token from the cache may have expired; a fresh one is refused for good.
@@ -902,7 +1047,9 @@ impl OpenBaoProvider {
             return Err(request_error(cause));
         }
         tracing::info!(spc = %ctx.spc, path, "cached OpenBao token refused, logging in again");
-        let token = self.cached_login(ctx, key, Some(&token), deadline).await?;
+        let token = self
+            .cached_login(ctx, key, jwt, Some(&token), deadline)
+            .await?;
         *current = Some((token.clone(), true));
         match self.send(ctx, method, &url, &token, body, deadline).await {
             Ok(v) => Ok(v),
@@ -911,50 +1058,90 @@ impl OpenBaoProvider {
         }
     }
 
-    /// The token to read with: the caller's, or a cached login token (renewed at two thirds of
-    /// its lease when renewable), or a fresh login.
+    /// The token to read with: the caller's, or its identity's cached login token (renewed at
+    /// two thirds of its lease when renewable), or a fresh login. A JWT OpenBao has not accepted
+    /// yet logs in first, even when its identity has a token: its claims are not trusted until
+    /// then.
     async fn token(
         &self,
         ctx: &Ctx,
         auth: &mut AuthState,
         deadline: Instant,
     ) -> Result<SecretString, ProviderError> {
-        match auth {
-            AuthState::Static(t) => Ok(t.clone()),
+        let (key, jwt, acceptance, expires, current) = match auth {
+            AuthState::Static(t) => return Ok(t.clone()),
             AuthState::Login {
                 current: Some((t, _)),
                 ..
-            } => Ok(t.clone()),
-            AuthState::Login { key, current } => {
-                let slot = self.tokens.slot(key);
-                let mut guard = slot.lock().await;
-                let now = Instant::now();
-                if let Some(cached) = guard.as_ref().filter(|c| c.is_fresh(now)) {
+            } => return Ok(t.clone()),
+            AuthState::Login {
+                key,
+                jwt,
+                acceptance,
+                expires,
+                current,
+            } => (key, jwt, acceptance, expires, current),
+        };
+        let slot = self.tokens.slot(key);
+        let mut guard = slot.lock().await;
+        if !self.tokens.is_accepted(acceptance) {
+            let now = Instant::now();
+            if guard.as_ref().is_some_and(|c| c.is_fresh(now)) {
+                // The identity has a token: this JWT only needs to prove itself. Its login
+                // runs outside the slot so other volumes keep reading meanwhile; its token is
+                // not kept (the identity's token, which its leases hang on, stays in use).
+                drop(guard);
+                let login = self.login(ctx, key, jwt, deadline).await?;
+                self.tokens.accept(*acceptance, *expires);
+                guard = slot.lock().await;
+                match guard.as_ref().filter(|c| c.is_fresh(Instant::now())) {
+                    Some(cached) => {
+                        let t = cached.token.clone();
+                        *current = Some((t.clone(), false));
+                        return Ok(t);
+                    }
+                    None => {
+                        *guard = Some(CachedToken::new(
+                            login.token.clone(),
+                            login.lease,
+                            login.renewable,
+                            now,
+                        ));
+                        *current = Some((login.token.clone(), true));
+                        return Ok(login.token);
+                    }
+                }
+            }
+            let t = self.login_into(ctx, key, jwt, &mut guard, deadline).await?;
+            self.tokens.accept(*acceptance, *expires);
+            *current = Some((t.clone(), true));
+            return Ok(t);
+        }
+        let now = Instant::now();
+        if let Some(cached) = guard.as_ref().filter(|c| c.is_fresh(now)) {
+            let t = cached.token.clone();
+            *current = Some((t.clone(), false));
+            return Ok(t);
+        }
+        if let Some(cached) = guard.as_mut().filter(|c| c.can_renew(now)) {
+            match self.renew_token(ctx, key, cached, deadline).await {
+                Ok(()) => {
                     let t = cached.token.clone();
                     *current = Some((t.clone(), false));
                     return Ok(t);
                 }
-                if let Some(cached) = guard.as_mut().filter(|c| c.can_renew(now)) {
-                    match self.renew_token(ctx, key, cached, deadline).await {
-                        Ok(()) => {
-                            let t = cached.token.clone();
-                            *current = Some((t.clone(), false));
-                            return Ok(t);
-                        }
-                        Err(cause) => tracing::info!(
-                            spc = %ctx.spc,
-                            mount = %key.mount,
-                            role = %key.role,
-                            cause = %cause,
-                            "renewing the OpenBao token failed; logging in again"
-                        ),
-                    }
-                }
-                let t = self.login_into(ctx, key, &mut guard, deadline).await?;
-                *current = Some((t.clone(), true));
-                Ok(t)
+                Err(cause) => tracing::info!(
+                    spc = %ctx.spc,
+                    mount = %key.mount,
+                    role = %key.role,
+                    cause = %cause,
+                    "renewing the OpenBao token failed; logging in again"
+                ),
             }
         }
+        let t = self.login_into(ctx, key, jwt, &mut guard, deadline).await?;
+        *current = Some((t.clone(), true));
+        Ok(t)
     }
 
     /// `POST auth/token/renew-self`, asking for the token's original TTL again.
@@ -1013,6 +1200,7 @@ impl OpenBaoProvider {
         &self,
         ctx: &Ctx,
         key: &LoginKey,
+        jwt: &SecretString,
         failed: Option<&SecretString>,
         deadline: Instant,
     ) -> Result<SecretString, ProviderError> {
@@ -1024,19 +1212,20 @@ impl OpenBaoProvider {
                 return Ok(cached.token.clone());
             }
         }
-        self.login_into(ctx, key, &mut guard, deadline).await
+        self.login_into(ctx, key, jwt, &mut guard, deadline).await
     }
 
     async fn login_into(
         &self,
         ctx: &Ctx,
         key: &LoginKey,
+        jwt: &SecretString,
         slot: &mut Option<CachedToken>,
         deadline: Instant,
     ) -> Result<SecretString, ProviderError> {
         *slot = None;
         let started = Instant::now();
-        let login = self.login(ctx, key, deadline).await?;
+        let login = self.login(ctx, key, jwt, deadline).await?;
         *slot = Some(CachedToken::new(
             login.token.clone(),
             login.lease,
@@ -1051,6 +1240,7 @@ impl OpenBaoProvider {
         &self,
         ctx: &Ctx,
         key: &LoginKey,
+        jwt: &SecretString,
         deadline: Instant,
     ) -> Result<Login, ProviderError> {
         let login_error = |cause| ProviderError::Login {
@@ -1061,7 +1251,7 @@ impl OpenBaoProvider {
             cause: Box::new(cause),
         };
         let url = api_url(&ctx.base, &format!("auth/{}/login", key.mount), None);
-        let body = login_body(&key.jwt, &key.role);
+        let body = login_body(jwt, &key.role);
         let (status, value) = self
             .request(
                 ctx,
@@ -1253,20 +1443,37 @@ struct Ctx {
     /// `address` with the namespace, for messages.
     shown: String,
     client: Client,
+    /// Digest of the TLS configuration (zeros: the default).
+    tls_id: [u8; 32],
     namespace: Option<HeaderValue>,
     namespace_name: Option<String>,
 }
 
-/// How a fetch authenticates.
+/// How a fetch authenticates. One per fetch, on the stack: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum AuthState {
     /// A token given by the caller.
     Static(SecretString),
-    /// A login token: the cache key, and the token in use in this fetch (with whether it came
-    /// from a login made during this fetch).
+    /// A login token: the cache key (the identity), this volume's JWT, what marks it accepted
+    /// by OpenBao and until when, and the token in use in this fetch (with whether it came from
+    /// a login made during this fetch).
     Login {
         key: LoginKey,
+        jwt: SecretString,
+        acceptance: [u8; 32],
+        expires: Option<SystemTime>,
         current: Option<(SecretString, bool)>,
     },
+}
+
+/// Where an object's response is.
+enum Source {
+    /// Kept in the volume's leases (a dynamic secret).
+    Held,
+    /// Fetched for this volume only.
+    Owned(Value),
+    /// Shared with other volumes of the same identity.
+    Shared(Arc<SharedValue>),
 }
 
 /// A successful login.

@@ -73,7 +73,7 @@ fn run_openssl(args: &[&str]) {
 }
 
 /// Signs `claims` as an RS256 JWT with the test key, using the `openssl` CLI.
-fn sign_jwt(claims: &Value) -> String {
+pub(crate) fn sign_jwt(claims: &Value) -> String {
     let header = json!({"alg": "RS256", "typ": "JWT", "kid": "baofs-test"});
     let signing_input = format!(
         "{}.{}",

@@ -18,5 +18,6 @@ mod namespace;
 mod readonly;
 mod renewal;
 mod rotation;
+mod sharing;
 mod signals;
 mod tls;

@@ -1,19 +1,33 @@
-//! The login-token cache: one OpenBao token per (address, namespace, auth mount, role, JWT),
-//! reused until shortly before its lease ends (anchors.md §11, plus the TTL tracking upstream
-//! lacks). A renewable token is renewed (`auth/token/renew-self`) at two thirds of its lease
+//! The login-token cache: one OpenBao token per login identity (address, namespace, TLS
+//! configuration, auth mount, role, and the JWT's issuer, subject and audience), reused by every
+//! volume of that identity until shortly before its lease ends (anchors.md §11, plus the TTL
+//! tracking upstream lacks).
+//!
+//! The JWT's claims are read without checking its signature, so they are never trusted alone: a
+//! JWT may use its identity's token (and values shared under that identity) only once OpenBao
+//! itself has accepted that very JWT in a login at this mount and role (the `accepted` set,
+//! keyed by a digest of the JWT, kept until the JWT's `exp`). A forged JWT claiming someone
+//! else's subject is thus refused by OpenBao before it is given anything. Two JWTs accepted for
+//! the same (mount, role, issuer, subject, audience) are the same OpenBao identity: the role's
+//! policies are the same, and the entity alias (named by the role's `user_claim`, `sub` for
+//! service-account tokens) is the same, so identity policies are too. A renewable token is renewed (`auth/token/renew-self`) at two thirds of its lease
 //! instead of logging in again; that keeps the leases it created (dynamic secrets) alive, since
 //! OpenBao revokes a token's leases with the token.
 //!
 //! Each key has its own async slot, so concurrent fetches for the same key log in once, and a
 //! caller that saw a token fail (403) replaces it only if nobody has already done so. Keys hold
-//! the JWT, so neither keys nor tokens ever reach `Debug` or a log.
+//! digests, never the JWT; neither keys nor tokens ever reach `Debug` or a log.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+use super::shared::digest;
 use crate::secret::SecretString;
 
 /// Most keys kept; beyond this, expired and idle entries are dropped.
@@ -23,24 +37,89 @@ const MIN_REFRESH_MARGIN: Duration = Duration::from_secs(5);
 /// A renewal is not tried when the token ends sooner than this.
 const RENEW_SLACK: Duration = Duration::from_millis(250);
 
-/// What a login token is cached under. The JWT is part of the key: a token obtained with one
-/// pod's JWT is never handed to another.
-#[derive(Clone, PartialEq, Eq)]
+/// Most accepted JWTs remembered.
+const MAX_ACCEPTED: usize = 65536;
+
+/// What a login token is cached under: where, how, and as whom (`subject`: a digest of the
+/// JWT's issuer, subject and audience, or of the whole JWT when those cannot be read). A token
+/// is only handed to a JWT OpenBao accepted for this key (see the module docs).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct LoginKey {
     pub(crate) address: String,
     pub(crate) namespace: Option<String>,
+    pub(crate) tls: [u8; 32],
     pub(crate) mount: String,
     pub(crate) role: String,
-    pub(crate) jwt: SecretString,
+    pub(crate) subject: [u8; 32],
 }
 
-impl Hash for LoginKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.address.hash(state);
-        self.namespace.hash(state);
-        self.mount.hash(state);
-        self.role.hash(state);
-        self.jwt.expose().hash(state);
+impl LoginKey {
+    /// A digest of the whole key (for shared-read keys).
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        digest(&[
+            b"login",
+            self.address.as_bytes(),
+            self.namespace.as_deref().unwrap_or("\0").as_bytes(),
+            &self.tls,
+            self.mount.as_bytes(),
+            self.role.as_bytes(),
+            &self.subject,
+        ])
+    }
+
+    /// What marks `jwt` as accepted by OpenBao for this key.
+    pub(crate) fn acceptance(&self, jwt: &SecretString) -> [u8; 32] {
+        digest(&[&self.digest(), jwt.expose().as_bytes()])
+    }
+}
+
+/// The identity claims of a JWT, read without verifying it (see the module docs).
+pub(crate) struct JwtClaims {
+    /// Digest of `iss`, `sub` and `aud`; of the whole JWT if it has no readable `sub`.
+    pub(crate) subject: [u8; 32],
+    /// `exp`, if present.
+    pub(crate) expires: Option<SystemTime>,
+}
+
+/// Reads `iss`, `sub`, `aud` and `exp` from `jwt`'s payload.
+pub(crate) fn jwt_claims(jwt: &SecretString) -> JwtClaims {
+    let whole = || JwtClaims {
+        subject: digest(&[b"jwt", jwt.expose().as_bytes()]),
+        expires: None,
+    };
+    let Some(payload) = jwt.expose().split('.').nth(1) else {
+        return whole();
+    };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else {
+        return whole();
+    };
+    let Ok(claims) = serde_json::from_slice::<Value>(&bytes) else {
+        return whole();
+    };
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or("");
+    let sub = text("sub");
+    if sub.is_empty() {
+        return whole();
+    }
+    let mut aud: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    aud.sort_unstable();
+    aud.dedup();
+    let aud = aud.join("\n");
+    JwtClaims {
+        subject: digest(&[
+            b"claims",
+            text("iss").as_bytes(),
+            sub.as_bytes(),
+            aud.as_bytes(),
+        ]),
+        expires: claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s)),
     }
 }
 
@@ -142,6 +221,8 @@ pub(crate) type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 #[derive(Default)]
 pub(crate) struct TokenCache {
     slots: Mutex<HashMap<LoginKey, Slot>>,
+    /// JWTs OpenBao accepted (by `LoginKey::acceptance`), until their `exp`.
+    accepted: Mutex<HashMap<[u8; 32], Option<SystemTime>>>,
 }
 
 impl TokenCache {
@@ -157,6 +238,29 @@ impl TokenCache {
         let slot = Slot::default();
         slots.insert(key.clone(), Arc::clone(&slot));
         slot
+    }
+
+    /// Whether OpenBao accepted the JWT behind `acceptance` and it has not expired.
+    pub(crate) fn is_accepted(&self, acceptance: &[u8; 32]) -> bool {
+        let now = SystemTime::now();
+        self.accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(acceptance)
+            .is_some_and(|exp| exp.is_none_or(|e| now < e))
+    }
+
+    /// Records that OpenBao accepted the JWT behind `acceptance` (valid until `expires`).
+    pub(crate) fn accept(&self, acceptance: [u8; 32], expires: Option<SystemTime>) {
+        let now = SystemTime::now();
+        let mut accepted = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        if accepted.len() >= MAX_ACCEPTED {
+            accepted.retain(|_, exp| exp.is_some_and(|e| now < e));
+            if accepted.len() >= MAX_ACCEPTED {
+                accepted.clear();
+            }
+        }
+        accepted.insert(acceptance, expires);
     }
 
     /// Number of keys held (for tests and metrics).
@@ -196,10 +300,64 @@ mod tests {
         LoginKey {
             address: "http://127.0.0.1:8200/".into(),
             namespace: None,
+            tls: [0; 32],
             mount: "kubernetes".into(),
             role: "app".into(),
-            jwt: SecretString::new(jwt.into()),
+            subject: jwt_claims(&SecretString::new(jwt.into())).subject,
         }
+    }
+
+    fn fake_jwt(claims: &Value) -> SecretString {
+        SecretString::new(format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        ))
+    }
+
+    #[test]
+    fn identity_is_issuer_subject_audience_not_the_rest() {
+        let sa = |pod: &str, aud: Value| {
+            fake_jwt(&serde_json::json!({
+                "iss": "https://k8s", "sub": "system:serviceaccount:ns:app", "aud": aud,
+                "exp": 4_000_000_000u64, "kubernetes.io": {"pod": {"name": pod}}
+            }))
+        };
+        let a = jwt_claims(&sa("p1", serde_json::json!(["x", "y"])));
+        let b = jwt_claims(&sa("p2", serde_json::json!(["y", "x"])));
+        let c = jwt_claims(&sa("p1", serde_json::json!("x")));
+        assert_eq!(a.subject, b.subject, "same service account, other pod");
+        assert_ne!(a.subject, c.subject, "other audience");
+        assert_eq!(
+            a.expires,
+            Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000))
+        );
+        let other = jwt_claims(&fake_jwt(&serde_json::json!({
+            "iss": "https://k8s", "sub": "system:serviceaccount:ns:other", "aud": ["x", "y"]
+        })));
+        assert_ne!(a.subject, other.subject);
+        // Unreadable claims: keyed by the whole JWT.
+        let opaque1 = jwt_claims(&SecretString::new("not-a-jwt-1".into()));
+        let opaque2 = jwt_claims(&SecretString::new("not-a-jwt-2".into()));
+        assert_ne!(opaque1.subject, opaque2.subject);
+    }
+
+    #[test]
+    fn acceptance_is_per_jwt_and_ends_at_exp() {
+        let cache = TokenCache::default();
+        let k = key("a");
+        let (j1, j2) = (SecretString::new("a".into()), SecretString::new("b".into()));
+        assert!(!cache.is_accepted(&k.acceptance(&j1)));
+        cache.accept(k.acceptance(&j1), None);
+        assert!(cache.is_accepted(&k.acceptance(&j1)));
+        assert!(
+            !cache.is_accepted(&k.acceptance(&j2)),
+            "another JWT must log in itself"
+        );
+        cache.accept(
+            k.acceptance(&j2),
+            Some(SystemTime::now() - Duration::from_secs(1)),
+        );
+        assert!(!cache.is_accepted(&k.acceptance(&j2)), "expired");
     }
 
     #[test]

@@ -181,7 +181,8 @@ fn debug_of_config_and_provider_shows_no_secret() {
         namespace: None,
         mount: "kubernetes".into(),
         role: "r".into(),
-        jwt: SecretString::new("jwt-secret-value".into()),
+        tls: [0; 32],
+        subject: super::auth::jwt_claims(&SecretString::new("jwt-secret-value".into())).subject,
     };
     let slot = provider.tokens.slot(&key);
     *slot.try_lock().expect("free") = Some(CachedToken::new(
@@ -400,7 +401,8 @@ async fn login_is_cached_and_redone_once_on_403() {
         namespace: None,
         mount: "kubernetes".into(),
         role: "app-role".into(),
-        jwt: SecretString::new("jwt-1".into()),
+        tls: [0; 32],
+        subject: super::auth::jwt_claims(&SecretString::new("jwt-1".into())).subject,
     });
     *slot.lock().await = Some(CachedToken::new(
         SecretString::new("s.revoked".into()),
@@ -920,4 +922,110 @@ async fn tls_file_problems_name_the_parameter() {
         msg.contains("'<prefix>CACertPath'") && msg.contains("/nonexistent/ca.pem"),
         "{msg}"
     );
+}
+
+// ----- reads shared across volumes (issue 6) ---------------------------------------------------
+
+/// An unsigned JWT-shaped string with these claims (the stand-in accepts any).
+fn sa_jwt(sub: &str, pod: &str) -> Credentials {
+    use base64::Engine as _;
+    let claims = json!({"iss": "k8s", "sub": sub, "aud": ["openbao"], "pod": pod});
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    jwt(&format!("e30.{payload}.c2ln"))
+}
+
+fn shared_provider(window: Duration) -> OpenBaoProvider {
+    OpenBaoProvider::new(OpenBaoConfig {
+        retry_deadline: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        share_window: window,
+        ..OpenBaoConfig::default()
+    })
+    .expect("client")
+}
+
+#[tokio::test]
+async fn same_identity_shares_reads_and_token_other_identities_do_not() {
+    let (addr, seen) = stand_in(Box::new(|req, i| {
+        if req.target.ends_with("/login") {
+            return (
+                200,
+                format!(r#"{{"auth":{{"client_token":"s.login{i}","lease_duration":3600}}}}"#),
+            );
+        }
+        (200, KV2.to_owned())
+    }));
+    let objects = "      - {objectName: p, secretPath: secret/data/db, secretKey: pass}\n";
+    let p = shared_provider(Duration::from_secs(60));
+    let pod = |n: &str| volume(&addr, objects, sa_jwt("system:serviceaccount:ns:app", n));
+    let is_login = |s: &Seen| s.target.ends_with("/login");
+    let is_read = |s: &Seen| s.target == "/v1/secret/data/db";
+
+    let got = p.fetch(&pod("a")).await.expect("a");
+    assert_eq!(values(&got)[0].1, "hunter2");
+    assert_eq!((count(&seen, is_login), count(&seen, is_read)), (1, 1));
+    // The same JWT again: nothing new.
+    p.fetch(&pod("a")).await.expect("a again");
+    assert_eq!((count(&seen, is_login), count(&seen, is_read)), (1, 1));
+    // Another pod of the same service account: its JWT logs in once (accepted by OpenBao),
+    // then shares the identity's token and the cached read.
+    p.fetch(&pod("b")).await.expect("b");
+    assert_eq!((count(&seen, is_login), count(&seen, is_read)), (2, 1));
+    let reads_with: Vec<_> = seen
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|s| is_read(s))
+        .map(|s| s.token.clone())
+        .collect();
+    assert_eq!(reads_with, [Some("s.login0".to_owned())]);
+    // Another service account: its own login and its own read.
+    p.fetch(&volume(
+        &addr,
+        objects,
+        sa_jwt("system:serviceaccount:ns:other", "c"),
+    ))
+    .await
+    .expect("other");
+    assert_eq!((count(&seen, is_login), count(&seen, is_read)), (3, 2));
+    // A raw token is its own identity.
+    p.fetch(&volume(&addr, objects, token("s.root")))
+        .await
+        .expect("token");
+    assert_eq!(count(&seen, is_read), 3);
+}
+
+#[tokio::test]
+async fn concurrent_fetches_make_one_request_and_dynamic_reads_stay_per_volume() {
+    let (addr, seen) = stand_in(Box::new(|req, i| {
+        if req.target.contains("creds") {
+            return (
+                200,
+                format!(
+                    r#"{{"lease_id":"database/creds/app/l{i}","lease_duration":600,"renewable":true,"data":{{"username":"u{i}"}}}}"#
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (200, KV2.to_owned())
+    }));
+    let objects = "      - {objectName: p, secretPath: secret/data/db, secretKey: pass}\n\
+                   \x20     - {objectName: u, secretPath: database/creds/app, secretKey: username}\n";
+    // Window zero: only requests in flight are shared.
+    let p = Arc::new(shared_provider(Duration::ZERO));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let p = Arc::clone(&p);
+        let mut spec = volume(&addr, objects, token("s.root"));
+        spec.id = format!("vol-{i}");
+        tasks.push(tokio::spawn(async move { p.fetch(&spec).await }));
+    }
+    let mut users = std::collections::HashSet::new();
+    for t in tasks {
+        let got = t.await.expect("join").expect("fetch");
+        users.insert(values(&got)[1].1.clone());
+    }
+    assert_eq!(count(&seen, |s| s.target == "/v1/secret/data/db"), 1);
+    assert_eq!(count(&seen, |s| s.target.contains("creds")), 20);
+    assert_eq!(users.len(), 20, "each volume has its own credential");
 }

@@ -64,6 +64,27 @@ struct ClientKey {
     files: [u8; 32],
 }
 
+impl ClientKey {
+    /// A digest of the configuration and its files: what shared reads are keyed by.
+    fn identity(&self) -> [u8; 32] {
+        let p = &self.params;
+        let opt = |o: &Option<String>| {
+            o.as_deref()
+                .map_or(b"\0".to_vec(), |s| s.as_bytes().to_vec())
+        };
+        super::shared::digest(&[
+            b"tls",
+            &opt(&p.ca_cert_path),
+            &opt(&p.ca_directory),
+            &opt(&p.server_name),
+            &opt(&p.client_cert_path),
+            &opt(&p.client_key_path),
+            &[u8::from(p.skip_verify)],
+            &self.files,
+        ])
+    }
+}
+
 /// The reqwest clients for non-default TLS configurations.
 #[derive(Default)]
 pub(crate) struct TlsClients {
@@ -88,7 +109,7 @@ impl TlsClients {
         spc: &str,
         address: &str,
         builder: impl FnOnce() -> ClientBuilder,
-    ) -> Result<Client, TlsSetupError> {
+    ) -> Result<(Client, [u8; 32]), TlsSetupError> {
         if params.skip_verify {
             self.warn_skip_verify(spc, address);
         }
@@ -97,8 +118,9 @@ impl TlsClients {
             params: params.clone(),
             files: material.digest,
         };
+        let identity = key.identity();
         if let Some(c) = self.lock().get(&key) {
-            return Ok(c.clone());
+            return Ok((c.clone(), identity));
         }
         let config = material.client_config(params)?;
         let client = builder()
@@ -114,7 +136,7 @@ impl TlsClients {
             spc,
             "built an OpenBao client for a custom TLS configuration"
         );
-        Ok(client)
+        Ok((client, identity))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, Client>> {
@@ -540,7 +562,7 @@ fn describe_certificate(c: &CertificateError) -> String {
         }
         CertificateError::ExpiredContext { time, not_after } => format!(
             "expired certificate: the server certificate expired at {} ({}s ago)",
-            utc(not_after.as_secs()),
+            crate::timefmt::utc_secs(not_after.as_secs()),
             time.as_secs().saturating_sub(not_after.as_secs())
         ),
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
@@ -567,38 +589,9 @@ fn presented_name(p: &str) -> &str {
     inner.trim_matches('"')
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (proleptic Gregorian, UTC).
-fn utc(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_formatting() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(1_796_318_596), "2026-12-03T17:23:16Z");
-    }
 
     #[test]
     fn certificate_problems_are_named() {
