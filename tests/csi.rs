@@ -34,6 +34,10 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+#[path = "common/bao.rs"]
+mod bao;
+use bao::Bao;
+
 const DRIVER: &str = "secrets-store.csi.k8s.io";
 const NODE_ID: &str = "csi-test-node";
 const AUDIENCE: &str = "openbao";
@@ -104,66 +108,7 @@ async fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Op
 // -------------------------------------------------------------------------------------------
 // OpenBao
 
-#[derive(Clone)]
-struct Bao {
-    addr: String,
-    token: String,
-    http: reqwest::Client,
-}
-
 impl Bao {
-    fn new(addr: &str, token: &str) -> Self {
-        Self {
-            addr: addr.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let url = format!("{}/v1/{path}", self.addr);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .header("X-Vault-Token", &self.token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e} (is OpenBao running?)"));
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
-        let (status, v) = self.call(method.clone(), path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "OpenBao {method} {path}: {status} {v}"
-        );
-        v
-    }
-
-    async fn kv2_put(&self, name: &str, data: Value) {
-        self.ok(
-            reqwest::Method::POST,
-            &format!("secret/data/{name}"),
-            Some(&json!({ "data": data })),
-        )
-        .await;
-    }
-
     /// JWT auth at `kubernetes` trusting the test key. The key is added to the keys already
     /// trusted, so other test binaries sharing this server keep working.
     async fn ensure_jwt_auth(&self) {

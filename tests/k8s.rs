@@ -36,9 +36,13 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+
+#[path = "common/bao.rs"]
+mod bao;
+use bao::Bao;
 
 const NODE_ID: &str = "k8s-test-node";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -131,67 +135,6 @@ where
 
 // -------------------------------------------------------------------------------------------
 // OpenBao
-
-#[derive(Clone)]
-struct Bao {
-    addr: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Bao {
-    fn new(addr: &str, token: &str) -> Self {
-        Self {
-            addr: addr.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let url = format!("{}/v1/{path}", self.addr);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .header("X-Vault-Token", &self.token);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e} (is OpenBao running?)"));
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
-        let (status, v) = self.call(method.clone(), path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "OpenBao {method} {path}: {status} {v}"
-        );
-        v
-    }
-
-    async fn kv2_put(&self, name: &str, data: Value) {
-        self.ok(
-            reqwest::Method::POST,
-            &format!("secret/data/{name}"),
-            Some(&json!({ "data": data })),
-        )
-        .await;
-    }
-}
 
 // -------------------------------------------------------------------------------------------
 // The API server
