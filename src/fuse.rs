@@ -10,6 +10,7 @@
 
 pub mod invalidator;
 pub mod mount;
+pub mod raw;
 
 use std::ffi::OsStr;
 use std::io;

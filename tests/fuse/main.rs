@@ -15,6 +15,7 @@ mod jwt;
 mod kv;
 mod layout;
 mod namespace;
+mod raw;
 mod readonly;
 mod renewal;
 mod rotation;
