@@ -30,6 +30,17 @@ pub enum Command {
     Status(StatusArgs),
     /// Serve the CSI node plugin to kubelet (drop-in for secrets-store.csi.k8s.io).
     Csi(CsiArgs),
+    /// Keep /dev/fuse fds alive across driver restarts (start first, leave running).
+    Holder(HolderArgs),
+}
+
+/// `baofs holder`.
+#[derive(Debug, Args)]
+pub struct HolderArgs {
+    /// Directory of the holder socket `holder.sock` (created 0700 if missing); the same
+    /// `--state-dir` as the driver's.
+    #[arg(long, value_name = "DIR", default_value = "/run/baofs")]
+    pub state_dir: PathBuf,
 }
 
 /// `baofs mount`.
@@ -286,5 +297,13 @@ mod tests {
             "--nodeid is required"
         );
         assert!(parse(&["--enable-secret-rotation=maybe"]).is_err());
+    }
+
+    #[test]
+    fn cli_parses_holder() {
+        match Cli::try_parse_from(["baofs", "holder", "--state-dir", "/x"]).map(|c| c.command) {
+            Ok(Command::Holder(a)) => assert_eq!(a.state_dir, PathBuf::from("/x")),
+            other => panic!("parsed as {other:?}"),
+        }
     }
 }

@@ -30,6 +30,7 @@ pub mod csi_server;
 pub mod fs;
 pub mod fuse;
 pub mod hardening;
+pub mod holder;
 pub mod k8s;
 pub mod metrics;
 pub mod observer;

@@ -15,6 +15,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => runtime.block_on(baofs::app::run_mount(args))?,
         Command::Status(args) => runtime.block_on(baofs::app::run_status(args))?,
         Command::Csi(args) => runtime.block_on(baofs::csi_app::run_csi(args))?,
+        Command::Holder(args) => runtime.block_on(baofs::holder::run(&args.state_dir))?,
     }
     Ok(())
 }

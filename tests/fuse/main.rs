@@ -11,6 +11,7 @@
 mod dynamic;
 mod errors;
 mod harness;
+mod holder;
 mod jwt;
 mod kv;
 mod layout;
