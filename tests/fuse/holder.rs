@@ -5,13 +5,13 @@
 //! with ENOTCONN, and completes once a new loop adopts the fd fetched back from the holder.
 
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use baofs::cache::{Layout, SecretCache};
@@ -19,12 +19,11 @@ use baofs::fs::Fs;
 use baofs::fuse::mount;
 use baofs::fuse::raw::{ConnState, Server};
 use baofs::holder;
-use baofs::provider::FetchedObject;
-use baofs::secret::SecretBytes;
 use baofs::spc::{ObjectSpec, SecretProviderClass};
 use baofs::volume::Ownership;
 
 use crate::harness::{poll_until, signal, unique, wait_timeout};
+use crate::raw::{join_all, read, setup, spawn_loops, values};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const VOLUME: &str = "heldvol";
@@ -32,24 +31,6 @@ const VOLUME: &str = "heldvol";
 /// connection, to count as "blocked" rather than failed (an aborted connection fails it at once
 /// with ENOTCONN). It bounds a negative check; nothing is synchronised by it.
 const STILL_BLOCKED: Duration = Duration::from_millis(300);
-
-fn setup() -> bool {
-    if std::env::var("BAOFS_SKIP_FUSE").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: BAOFS_SKIP_FUSE=1 (real-kernel FUSE tests not run)");
-        return false;
-    }
-    use std::os::unix::fs::MetadataExt;
-    let uid = fs::metadata("/proc/self").expect("stat /proc/self").uid();
-    assert_eq!(
-        uid, 0,
-        "the FUSE integration tests must run as root (or set BAOFS_SKIP_FUSE=1 to skip them)"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: modprobe fuse, or set BAOFS_SKIP_FUSE=1 to skip the FUSE tests"
-    );
-    true
-}
 
 fn objects() -> Vec<ObjectSpec> {
     let yaml = "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\n\
@@ -61,18 +42,6 @@ fn objects() -> Vec<ObjectSpec> {
     SecretProviderClass::from_yaml(yaml)
         .expect("test SPC parses")
         .objects
-}
-
-fn values(objs: &[ObjectSpec], vals: [&str; 3]) -> Vec<FetchedObject> {
-    objs.iter()
-        .zip(vals)
-        .map(|(o, v)| FetchedObject {
-            path: o.path.clone(),
-            value: SecretBytes::copy_from(v.as_bytes()),
-            version: String::new(),
-            refresh_at: None,
-        })
-        .collect()
 }
 
 /// Unmounts, stops the holder and removes the temp dir, also when an assertion fails.
@@ -96,28 +65,6 @@ impl Drop for Cleanup {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn spawn_loops(server: &Arc<Server>, fd: &Arc<OwnedFd>, n: usize) -> Vec<JoinHandle<()>> {
-    (0..n)
-        .map(|_| {
-            let (server, fd) = (Arc::clone(server), Arc::clone(fd));
-            thread::spawn(move || server.serve(fd.as_fd()).expect("raw FUSE loop"))
-        })
-        .collect()
-}
-
-fn join_all(what: &str, threads: Vec<JoinHandle<()>>) {
-    poll_until(what, TIMEOUT, || {
-        threads.iter().all(|t| t.is_finished()).then_some(())
-    });
-    for t in threads {
-        t.join().expect("loop thread panicked");
-    }
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 #[test]
@@ -164,7 +111,7 @@ fn holder_keeps_the_connection_alive_across_a_driver_crash() {
             VOLUME,
             Layout::new(VOLUME, &objs).unwrap(),
             Ownership { uid: 0, gid: 0 },
-            values(&objs, ["alpha", "gamma", "epsilon"]),
+            values(&objs, &["alpha", "gamma", "epsilon"]),
         )
         .unwrap();
     let fs_ = Arc::new(Fs::new(Arc::clone(&cache)));

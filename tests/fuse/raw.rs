@@ -30,7 +30,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 const VOLUME: &str = "rawvol";
 
 /// Root and /dev/fuse, like `harness::setup()` but without OpenBao. `false`: skip explicitly.
-fn setup() -> bool {
+pub(crate) fn setup() -> bool {
     if std::env::var("BAOFS_SKIP_FUSE").is_ok_and(|v| v == "1") {
         eprintln!("SKIPPED: BAOFS_SKIP_FUSE=1 (real-kernel FUSE tests not run)");
         return false;
@@ -60,7 +60,8 @@ fn objects() -> Vec<ObjectSpec> {
         .objects
 }
 
-fn values(objs: &[ObjectSpec], vals: [&str; 4]) -> Vec<FetchedObject> {
+/// One fetched value per object, in order.
+pub(crate) fn values(objs: &[ObjectSpec], vals: &[&str]) -> Vec<FetchedObject> {
     objs.iter()
         .zip(vals)
         .map(|(o, v)| FetchedObject {
@@ -90,7 +91,12 @@ impl Drop for Cleanup {
     }
 }
 
-fn spawn_loops(server: &Arc<Server>, fd: &Arc<OwnedFd>, n: usize) -> Vec<JoinHandle<()>> {
+/// `n` raw loops serving `fd`.
+pub(crate) fn spawn_loops(
+    server: &Arc<Server>,
+    fd: &Arc<OwnedFd>,
+    n: usize,
+) -> Vec<JoinHandle<()>> {
     (0..n)
         .map(|_| {
             let (server, fd) = (Arc::clone(server), Arc::clone(fd));
@@ -99,7 +105,8 @@ fn spawn_loops(server: &Arc<Server>, fd: &Arc<OwnedFd>, n: usize) -> Vec<JoinHan
         .collect()
 }
 
-fn join_all(what: &str, threads: Vec<JoinHandle<()>>) {
+/// Waits (bounded) for every loop to end, then joins them.
+pub(crate) fn join_all(what: &str, threads: Vec<JoinHandle<()>>) {
     poll_until(what, TIMEOUT, || {
         threads.iter().all(|t| t.is_finished()).then_some(())
     });
@@ -108,7 +115,8 @@ fn join_all(what: &str, threads: Vec<JoinHandle<()>>) {
     }
 }
 
-fn read(path: &Path) -> String {
+/// The file's content, or a panic naming it.
+pub(crate) fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -151,7 +159,7 @@ fn raw_loop_serves_a_fresh_hub_and_adopts_it_without_init() {
             VOLUME,
             Layout::new(VOLUME, &objs).unwrap(),
             owner,
-            values(&objs, ["alpha", "beta", "gamma", "epsilon"]),
+            values(&objs, &["alpha", "beta", "gamma", "epsilon"]),
         )
         .unwrap();
     let fs_ = Arc::new(Fs::new(Arc::clone(&cache)));
@@ -209,7 +217,7 @@ fn raw_loop_serves_a_fresh_hub_and_adopts_it_without_init() {
         &fs_,
         &vol,
         &fd,
-        values(&objs, ["alpha-2", "beta", "gamma", "epsilon"]),
+        values(&objs, &["alpha-2", "beta", "gamma", "epsilon"]),
     );
     assert_eq!(read(&target.join("a")), "alpha-2");
     let mut s = String::new();
@@ -274,7 +282,7 @@ fn raw_loop_serves_a_fresh_hub_and_adopts_it_without_init() {
         &fs_,
         &vol,
         &dup,
-        values(&objs, ["alpha-3", "beta", "gamma", "epsilon"]),
+        values(&objs, &["alpha-3", "beta", "gamma", "epsilon"]),
     );
     assert_eq!(read(&target.join("a")), "alpha-3");
     let [lookup, _, read_n, readdir, _, _] = adopted.request_counts().snapshot();
