@@ -36,7 +36,10 @@ use tonic::transport::{Channel, Endpoint};
 
 #[path = "common/bao.rs"]
 mod bao;
+#[path = "common/process.rs"]
+mod process;
 use bao::Bao;
+use process::{terminate, wait_exit};
 
 const DRIVER: &str = "secrets-store.csi.k8s.io";
 const NODE_ID: &str = "csi-test-node";
@@ -481,25 +484,6 @@ impl Driver {
         assert!(left.is_empty(), "left mounted after shutdown: {left:?}");
         assert!(!self.socket.exists(), "the socket was not removed");
         log
-    }
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-}
-
-fn wait_exit(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if start.elapsed() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -42,7 +42,10 @@ use tonic::transport::{Channel, Endpoint};
 
 #[path = "common/bao.rs"]
 mod bao;
+#[path = "common/process.rs"]
+mod process;
 use bao::Bao;
+use process::{terminate, wait_exit};
 
 const NODE_ID: &str = "k8s-test-node";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -582,25 +585,6 @@ impl Driver {
         assert!(left.is_empty(), "left mounted after shutdown: {left:?}");
         let _ = std::fs::remove_dir_all(&self.dir);
         log
-    }
-}
-
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-}
-
-fn wait_exit(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if start.elapsed() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
