@@ -106,14 +106,15 @@ pub struct CsiArgs {
     /// How often to refetch when rotation is enabled (e.g. 500ms, 30s, 2m).
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub rotation_poll_interval: Duration,
-    /// Prometheus metrics address (accepted for compatibility; metrics are not served yet).
+    /// Prometheus metrics at `GET /metrics` (`host:port` or `:port`; empty disables).
     #[arg(long, value_name = "ADDR", default_value = ":8095")]
     pub metrics_addr: String,
     /// Read SecretProviderClasses from `DIR/<namespace>/<name>.yaml` instead of the Kubernetes
     /// API (tests, orchestrators without Kubernetes).
     #[arg(long, value_name = "DIR")]
     pub spc_dir: Option<PathBuf>,
-    /// kubeconfig for the Kubernetes API (default: in-cluster config). Not used yet.
+    /// kubeconfig for the Kubernetes API: SPCs, synced Secrets, pod status, events, TokenRequest
+    /// (default: in-cluster config).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Directory for the FUSE hub mount and node-local state (no secret is ever written).
