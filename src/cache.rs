@@ -275,8 +275,23 @@ pub struct CachedVolume {
     /// When the volume was first published (directory times).
     pub created_at: SystemTime,
     current: ArcSwap<Snapshot>,
-    /// Serializes writers (publish vs poller); readers never take it.
-    write: Mutex<()>,
+    /// Serializes writers (publish vs poller); readers never take it. Holds what a predecessor
+    /// process served, until the first values of a restored volume arrive.
+    write: Mutex<Option<Vec<Option<PriorVersion>>>>,
+}
+
+/// What a predecessor process served for one file, from its checkpoint (no value): enough for
+/// a successor to keep the file's inode when the refetched content is the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorVersion {
+    /// Node index of the file.
+    pub node: u16,
+    /// The generation (inode) the predecessor served.
+    pub generation: u32,
+    /// Its version id (a keyed hash of configuration and content, same key across restarts).
+    pub id: String,
+    /// When the predecessor fetched it.
+    pub fetched_at: SystemTime,
 }
 
 impl CachedVolume {
@@ -289,10 +304,11 @@ impl CachedVolume {
     /// bytes did not change keep their version (and inode); the rest get a new generation. The
     /// new snapshot is visible to readers when this returns.
     pub fn replace(&self, fetched: Vec<FetchedObject>) -> Result<ChangeSet, CacheError> {
-        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
-        let (next, changes, relabelled) = build_snapshot(self, Some(&old), fetched)?;
-        if !changes.is_empty() || relabelled {
+        let (next, changes, relabelled) =
+            build_snapshot(self, Some(&old), writer.as_deref(), fetched)?;
+        if writer.take().is_some() || !changes.is_empty() || relabelled {
             self.current.store(Arc::new(next));
         }
         Ok(ChangeSet {
@@ -310,6 +326,7 @@ fn next_generation(g: u32) -> u32 {
 fn build_snapshot(
     vol: &CachedVolume,
     old: Option<&Snapshot>,
+    prior: Option<&[Option<PriorVersion>]>,
     fetched: Vec<FetchedObject>,
 ) -> Result<(Snapshot, Vec<Change>, bool), CacheError> {
     let mismatch = |detail: String| CacheError::LayoutMismatch {
@@ -358,11 +375,38 @@ fn build_snapshot(
                     id: obj.version,
                 }
             }
-            None => Version {
-                value: obj.value,
-                generation: 1,
-                fetched_at: now,
-                id: obj.version,
+            None => match prior.and_then(|p| p.get(usize::from(node))?.as_ref()) {
+                // Restored after a restart: the kernel may still hold the predecessor's inode.
+                // Same content (same keyed version id): keep that inode.
+                Some(p) if p.id == obj.version => Version {
+                    value: obj.value,
+                    generation: p.generation,
+                    fetched_at: p.fetched_at,
+                    id: obj.version,
+                },
+                // Changed while no process served it: skip one generation, which the
+                // predecessor may have handed to the kernel without checkpointing it.
+                Some(p) => {
+                    let generation = next_generation(next_generation(p.generation));
+                    changes.push(Change {
+                        path: obj.path.clone(),
+                        node,
+                        old_generation: p.generation,
+                        new_generation: generation,
+                    });
+                    Version {
+                        value: obj.value,
+                        generation,
+                        fetched_at: now,
+                        id: obj.version,
+                    }
+                }
+                None => Version {
+                    value: obj.value,
+                    generation: 1,
+                    fetched_at: now,
+                    id: obj.version,
+                },
             },
         };
         versions[usize::from(node)] = Some(version);
@@ -423,9 +467,9 @@ impl SecretCache {
             ownership,
             created_at: SystemTime::now(),
             current: ArcSwap::from_pointee(Snapshot::default()),
-            write: Mutex::new(()),
+            write: Mutex::new(None),
         };
-        let (snapshot, _, _) = build_snapshot(&vol, None, fetched)?;
+        let (snapshot, _, _) = build_snapshot(&vol, None, None, fetched)?;
         vol.current = ArcSwap::from_pointee(snapshot);
         let vol = Arc::new(vol);
         let mut by_slot = (*slots).clone();
@@ -436,6 +480,58 @@ impl SecretCache {
         self.by_slot.store(Arc::new(by_slot));
         self.by_id.store(Arc::new(by_id));
         *last_slot = slot;
+        Ok(vol)
+    }
+
+    /// Re-creates a volume a predecessor process served, in the same `slot` (so every inode
+    /// number the kernel holds still names the same file), without values yet: its files answer
+    /// "not found" until the first `replace`, which keeps each prior generation whose version
+    /// id is unchanged (see `PriorVersion`).
+    pub fn restore(
+        &self,
+        id: &str,
+        slot: u32,
+        layout: Layout,
+        ownership: Ownership,
+        created_at: SystemTime,
+        prior: Vec<PriorVersion>,
+    ) -> Result<Arc<CachedVolume>, CacheError> {
+        if !valid_volume_id(id) {
+            return Err(CacheError::InvalidVolumeId(id.to_owned()));
+        }
+        if slot == 0 || slot > MAX_SLOT {
+            return Err(CacheError::NoFreeSlot);
+        }
+        let mut last_slot = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.by_id.load().contains_key(id) {
+            return Err(CacheError::AlreadyExists(id.to_owned()));
+        }
+        let slots = self.by_slot.load_full();
+        if slots.contains_key(&slot) {
+            return Err(CacheError::AlreadyExists(format!("{id} (slot {slot})")));
+        }
+        let mut by_node: Vec<Option<PriorVersion>> = vec![None; layout.len()];
+        for p in prior {
+            if let Some(entry) = by_node.get_mut(usize::from(p.node)) {
+                *entry = Some(p);
+            }
+        }
+        let vol = Arc::new(CachedVolume {
+            id: id.to_owned(),
+            slot,
+            layout,
+            ownership,
+            created_at,
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            write: Mutex::new(Some(by_node)),
+        });
+        let mut by_slot = (*slots).clone();
+        by_slot.insert(slot, Arc::clone(&vol));
+        let mut by_id = (*self.by_id.load_full()).clone();
+        by_id.insert(id.to_owned(), slot);
+        self.by_slot.store(Arc::new(by_slot));
+        self.by_id.store(Arc::new(by_id));
+        *last_slot = (*last_slot).max(slot);
         Ok(vol)
     }
 
@@ -550,6 +646,61 @@ pub(crate) mod tests {
         assert_eq!(
             l.node(l.child(0, "b").expect("b")).map(|n| &n.kind),
             Some(&NodeKind::File { mode: 0o644 })
+        );
+    }
+
+    #[test]
+    fn restore_keeps_unchanged_inodes_and_skips_a_generation_for_changed_ones() {
+        let objs = objects(&[("a", None), ("b", None), ("c", None)]);
+        let layout = Layout::new("v", &objs).expect("layout");
+        let node = |i| layout.object_node(i).expect("node");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let prior = |i, generation, id: &str| PriorVersion {
+            node: node(i),
+            generation,
+            id: id.into(),
+            fetched_at: t,
+        };
+        let cache = SecretCache::new();
+        let vol = cache
+            .restore(
+                "v",
+                42,
+                layout.clone(),
+                Ownership::default(),
+                t,
+                vec![prior(0, 5, "id-a"), prior(1, 7, "id-b")],
+            )
+            .expect("restore");
+        assert_eq!(vol.slot, 42);
+        assert!(vol.snapshot().version(node(0)).is_none(), "no values yet");
+        let mut values = fetched(&objs, &["A", "B2", "C"]);
+        values[0].version = "id-a".into();
+        values[1].version = "id-b2".into();
+        let cs = vol.replace(values).expect("replace");
+        let snap = vol.snapshot();
+        // Same id: same generation and mtime, so the kernel's inode stays valid.
+        let a = snap.version(node(0)).expect("a");
+        assert_eq!((a.generation, a.fetched_at), (5, t));
+        // Changed: two generations on (one may have been handed out unrecorded).
+        assert_eq!(snap.version(node(1)).map(|v| v.generation), Some(9));
+        // New to the volume's checkpoint: generation 1.
+        assert_eq!(snap.version(node(2)).map(|v| v.generation), Some(1));
+        assert_eq!(cs.changed.len(), 1);
+        assert_eq!(
+            (cs.changed[0].old_generation, cs.changed[0].new_generation),
+            (7, 9)
+        );
+        // Later polls compare with the current snapshot as usual.
+        let mut again = fetched(&objs, &["A", "B2", "C"]);
+        again[0].version = "id-a".into();
+        again[1].version = "id-b2".into();
+        assert!(vol.replace(again).expect("replace").is_empty());
+        // Slots are exclusive.
+        assert!(
+            cache
+                .restore("w", 42, layout, Ownership::default(), t, vec![])
+                .is_err()
         );
     }
 

@@ -23,10 +23,13 @@ use crate::csi_server::{self, ServeConfig, SocketError};
 use crate::k8s::{self, K8sError, KubeObserver, KubeSpcSource};
 use crate::metrics::{MeteredProvider, Metrics, MetricsObserver, ScrapeHook};
 use crate::observer::{CallObserver, VolumeObserver};
+use crate::provider::openbao::version::KEY_BYTES;
 use crate::provider::{OpenBaoProvider, Provider, ProviderError};
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::spc_source::{DirSpcSource, SpcSource};
 use crate::status;
+use crate::takeover::{self, Checkpointer, Released, Standby};
+use zeroize::Zeroizing;
 
 /// FUSE loops of the hub.
 const FUSE_THREADS: usize = 2;
@@ -83,14 +86,25 @@ struct Wiring {
     observer: Arc<dyn VolumeObserver>,
     calls: Arc<dyn CallObserver>,
     kube: Option<Arc<KubeObserver>>,
+    version_key: Zeroizing<[u8; KEY_BYTES]>,
 }
 
 /// Kubernetes is used when SPCs come from the API (no `--spc-dir`) or a kubeconfig is given.
-async fn wire(args: &CsiArgs, metrics: &Arc<Metrics>) -> Result<Wiring, CsiAppError> {
+/// `version_key`: a predecessor's, so unchanged objects keep their versions (and inodes).
+async fn wire(
+    args: &CsiArgs,
+    metrics: &Arc<Metrics>,
+    version_key: Option<Zeroizing<[u8; KEY_BYTES]>>,
+) -> Result<Wiring, CsiAppError> {
     // Volumes of one identity share a static read made within half a poll interval (issue 6).
     let mut config = args.openbao.config();
     config.share_window = args.rotation_poll_interval / 2;
-    let openbao: Arc<dyn Provider> = Arc::new(OpenBaoProvider::new(config)?);
+    let openbao = match version_key {
+        Some(key) => OpenBaoProvider::with_version_key(config, key)?,
+        None => OpenBaoProvider::new(config)?,
+    };
+    let version_key = Zeroizing::new(*openbao.version_key());
+    let openbao: Arc<dyn Provider> = Arc::new(openbao);
     if let (Some(dir), None) = (&args.spc_dir, &args.kubeconfig) {
         let spcs = dir_source(dir)?;
         let observer = Arc::new(MetricsObserver::new(Arc::clone(metrics)));
@@ -100,6 +114,7 @@ async fn wire(args: &CsiArgs, metrics: &Arc<Metrics>) -> Result<Wiring, CsiAppEr
             observer: observer.clone(),
             calls: observer,
             kube: None,
+            version_key,
         });
     }
     let clients = k8s::clients(args.kubeconfig.as_deref()).await?;
@@ -121,6 +136,7 @@ async fn wire(args: &CsiArgs, metrics: &Arc<Metrics>) -> Result<Wiring, CsiAppEr
         observer: observer.clone(),
         calls: observer.clone(),
         kube: Some(observer),
+        version_key,
     })
 }
 
@@ -154,6 +170,90 @@ async fn serve_metrics(
     }
 }
 
+/// How long a stopping driver waits for a registered successor to finish prefetching.
+const STANDBY_PATIENCE: Duration = Duration::from_secs(60);
+/// Volumes refetched at once when taking over.
+const PREFETCH_PARALLEL: usize = 16;
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Takes over the hub `held` describes: values are refetched first (while a running owner
+/// still serves, when there is one), then the owner is asked to let go on its SIGTERM, and the
+/// hub is served again at once.
+async fn take_over(
+    args: &CsiArgs,
+    config: PublisherConfig,
+    provider: Arc<dyn Provider>,
+    observer: Arc<dyn VolumeObserver>,
+    held: takeover::Held,
+    standby: Option<Standby>,
+) -> Result<Arc<Publisher>, CsiAppError> {
+    let mut held = held;
+    let mut volumes = takeover::restored_volumes(&held.checkpoint, held.secrets.as_ref());
+    takeover::prefetch(&provider, &mut volumes, PREFETCH_PARALLEL).await;
+    let mut gap_from = None;
+    if let Some(mut standby) = standby {
+        match standby.ready() {
+            Ok(()) => {
+                say("baofs: ready to take over from the running driver; it hands over on SIGTERM")
+            }
+            Err(e) => warn!(error = %e, "the running driver went away"),
+        }
+        match tokio::task::spawn_blocking(move || standby.wait_release()).await {
+            Ok(Ok(Released::Handed { at })) => gap_from = Some(at),
+            Ok(Ok(Released::Died)) => warn!(
+                "the running driver ended without handing over: taking over its last checkpoint"
+            ),
+            Ok(Err(e)) => warn!(error = %e, "handoff failed: taking over the last checkpoint"),
+            Err(e) => warn!(error = %e, "handoff task failed"),
+        }
+        // The final checkpoint; what was prefetched is kept for volumes that did not change.
+        let state_dir = args.state_dir.clone();
+        match tokio::task::spawn_blocking(move || takeover::fetch(&state_dir)).await {
+            Ok(Ok(Some(last))) => {
+                let mut last_volumes =
+                    takeover::restored_volumes(&last.checkpoint, last.secrets.as_ref());
+                takeover::carry_over(
+                    volumes,
+                    &mut last_volumes,
+                    &held.checkpoint,
+                    &last.checkpoint,
+                );
+                takeover::prefetch(&provider, &mut last_volumes, PREFETCH_PARALLEL).await;
+                volumes = last_volumes;
+                held = last;
+            }
+            Ok(Ok(None)) => warn!("the holder no longer keeps a hub: using the first checkpoint"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "re-reading the checkpoint failed: using the first one")
+            }
+            Err(e) => warn!(error = %e, "re-reading the checkpoint failed"),
+        }
+    }
+    let count = volumes.len();
+    let (publisher, with_values, serving_since) = Publisher::take_over(
+        config,
+        provider,
+        observer,
+        &held.checkpoint,
+        held.fd,
+        volumes,
+    )
+    .await?;
+    info!(volumes = count, with_values, hub = %held.checkpoint.hub_dir.display(), "took over the hub the holder kept");
+    say(&format!("baofs: took over {count} volumes"));
+    if let Some(at) = gap_from {
+        let gap_ms = serving_since.saturating_duration_since(at).as_secs_f64() * 1000.0;
+        info!(gap_ms, "handoff complete");
+        say(&format!("baofs: handoff gap {gap_ms:.1} ms"));
+    }
+    Ok(publisher)
+}
+
 /// Runs `baofs csi` until SIGTERM or SIGINT.
 pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
     for w in crate::hardening::harden_process() {
@@ -163,29 +263,95 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
     let socket_path = csi_server::parse_endpoint(&args.endpoint)?;
     let metrics = Arc::new(Metrics::new());
     metrics.install_global();
+    let mut signals = Signals::install()?;
+
+    // 2. What a holder keeps from a previous process (a crash, or a running one to replace).
+    let use_holder = takeover::holder_available(&args.state_dir);
+    let held = if use_holder {
+        match takeover::fetch(&args.state_dir) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "cannot take over the hub the holder keeps: releasing it (its mounts are detached)");
+                takeover::abandon(&args.state_dir);
+                None
+            }
+        }
+    } else {
+        info!(
+            holder = %crate::holder::socket_path(&args.state_dir).display(),
+            "no holder: mounts will not survive a restart of this process"
+        );
+        None
+    };
+    let standby = held
+        .as_ref()
+        .and_then(|h| Standby::connect(&h.checkpoint.handoff_socket));
+    if standby.is_some() {
+        info!("a driver serves this state directory: taking over when it stops");
+    }
     let Wiring {
         spcs,
         provider,
         observer,
         calls,
         kube,
-    } = wire(&args, &metrics).await?;
-    let mut signals = Signals::install()?;
+        version_key,
+    } = wire(
+        &args,
+        &metrics,
+        held.as_ref()
+            .and_then(|h| h.secrets.as_ref()?.version_key.clone()),
+    )
+    .await?;
 
-    // 2. The hub, then the socket.
+    // 3. The hub: taken over (values refetched first), or mounted fresh; then the socket.
     let rotation = args
         .enable_secret_rotation
         .then_some(args.rotation_poll_interval);
-    let publisher = Publisher::start(
-        PublisherConfig {
-            state_dir: args.state_dir.clone(),
-            rotation,
-            fuse_threads: FUSE_THREADS,
-            create_missing_targets: true,
+    let config = PublisherConfig {
+        state_dir: args.state_dir.clone(),
+        rotation,
+        fuse_threads: FUSE_THREADS,
+        create_missing_targets: true,
+    };
+    let publisher = match held {
+        Some(h) => take_over(&args, config, provider, observer, h, standby).await?,
+        None => Publisher::start(config, provider, observer)?,
+    };
+    let lost = publisher.take_lost_targets();
+    if !lost.is_empty() {
+        let pods = takeover::lost_pods(&args.state_dir, &lost);
+        if let Some(k) = &kube {
+            k.report_lost(&pods).await;
+        }
+        for (target, pod) in &pods {
+            warn!(
+                target = %target.display(),
+                pod_namespace = pod.namespace.as_deref().unwrap_or("-"),
+                pod_name = pod.name.as_deref().unwrap_or("-"),
+                "this pod lost its secrets volume (driver and holder both stopped); recreate it"
+            );
+        }
+    }
+    let checkpointing = use_holder.then(|| {
+        let checkpointer = Checkpointer::new(&args.state_dir);
+        let task = publisher.set_checkpointer(Arc::clone(&checkpointer), Some(version_key));
+        (checkpointer, task)
+    });
+    if let Some((c, _)) = &checkpointing {
+        c.commit().await;
+    }
+    let standby_slot: takeover::StandbySlot = Arc::default();
+    let handoff_task = match &checkpointing {
+        Some(_) => match takeover::serve_handoff(&args.state_dir, Arc::clone(&standby_slot)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(error = %e, "planned handoffs are unavailable (no handoff socket)");
+                None
+            }
         },
-        provider,
-        observer,
-    )?;
+        None => None,
+    };
     let socket = match csi_server::bind_private(&socket_path) {
         Ok(s) => s,
         Err(e) => {
@@ -195,7 +361,7 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
     };
     let metrics_task = serve_metrics(&args, &metrics, &publisher).await;
     let maintenance = kube.as_ref().map(|k| k.spawn_maintenance(SECRET_RESYNC));
-    let status = match status::serve(&args.state_dir, Arc::clone(&publisher)) {
+    let mut status = match status::serve(&args.state_dir, Arc::clone(&publisher)) {
         Ok(task) => Some(task),
         Err(e) => {
             warn!(error = %e, "baofs status will not see this process");
@@ -231,7 +397,36 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
     )
     .await;
 
-    // 4. Unmount everything, wipe, remove the sockets.
+    // 4a. With a holder, nothing is unmounted: a successor waiting on the handoff socket takes
+    //     over now; otherwise the next start does. The final checkpoint comes first. With no
+    //     volume and no successor there is nothing to keep: the hub goes (4b).
+    if let Some((checkpointer, task)) = checkpointing {
+        let standby = takeover::take_standby(&standby_slot, STANDBY_PATIENCE).await;
+        if let Some(task) = handoff_task {
+            task.abort();
+        }
+        if standby.is_none() && publisher.status().is_empty() {
+            task.abort();
+            takeover::abandon(&args.state_dir);
+            let _ = std::fs::remove_file(takeover::handoff_socket(&args.state_dir));
+            let _ = std::fs::remove_file(takeover::record_path(&args.state_dir));
+        } else {
+            hand_over(
+                &args,
+                &publisher,
+                checkpointer,
+                task,
+                standby,
+                &socket,
+                status.take(),
+            )
+            .await;
+        }
+    } else if let Some(task) = handoff_task {
+        task.abort();
+    }
+
+    // 4b. No holder: unmount everything, wipe, remove the sockets.
     if let Some(task) = status {
         task.abort();
         status::remove_socket(&args.state_dir);
@@ -246,6 +441,53 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
     csi_server::remove_socket(&socket);
     info!("CSI driver stopped");
     result.map_err(Into::into)
+}
+
+/// Stops without unmounting anything: the final checkpoint goes to the holder, a ready
+/// successor is told to take over, and the process exits at once (no destructor may unmount;
+/// our end of the handoff socket closing tells the successor we are gone).
+async fn hand_over(
+    args: &CsiArgs,
+    publisher: &Arc<Publisher>,
+    checkpointer: Arc<Checkpointer>,
+    task: tokio::task::JoinHandle<()>,
+    standby: Option<std::os::unix::net::UnixStream>,
+    socket: &csi_server::PrivateSocket,
+    status: Option<tokio::task::JoinHandle<()>>,
+) {
+    publisher.quiesce().await;
+    task.abort();
+    match tokio::task::spawn_blocking(move || checkpointer.write_now()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "the final checkpoint was not written; the successor uses the previous one")
+        }
+        Err(e) => warn!(error = %e, "the final checkpoint task failed"),
+    }
+    if let Some(task) = status {
+        task.abort();
+        status::remove_socket(&args.state_dir);
+    }
+    csi_server::remove_socket(socket);
+    let volumes = publisher.status().len();
+    match standby {
+        Some(mut stream) => {
+            if let Err(e) = takeover::release(&mut stream) {
+                warn!(error = %e, "telling the successor failed; it takes over when we exit");
+            }
+            info!(volumes, "handed over to a successor");
+            say("baofs: handed over to a successor");
+        }
+        None => {
+            let _ = std::fs::remove_file(takeover::handoff_socket(&args.state_dir));
+            info!(
+                volumes,
+                "stopping without unmounting: the holder keeps the volumes for the next start"
+            );
+            say(&format!("baofs: left {volumes} volumes to the holder"));
+        }
+    }
+    std::process::exit(0);
 }
 
 /// SIGTERM and SIGINT.

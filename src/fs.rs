@@ -73,7 +73,7 @@ impl Ino {
     }
 }
 
-/// Errors of the filesystem logic; the FUSE adapter maps them to errno.
+/// Errors of the filesystem logic; the FUSE loop maps them to errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FsError {
     /// No such name.
@@ -134,8 +134,8 @@ impl ReadData {
     }
 }
 
-/// A kernel notification that makes a rotated file's name resolve to its new inode: the FUSE
-/// adapter sends it as FUSE_NOTIFY_DELETE(parent, child, name).
+/// A kernel notification that makes a rotated file's name resolve to its new inode: the
+/// invalidator thread sends it as FUSE_NOTIFY_DELETE(parent, child, name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {
     /// Parent directory inode.
@@ -148,9 +148,22 @@ pub struct Invalidation {
 
 #[derive(Debug)]
 struct Live {
+    /// References counted by this process.
     nlookup: u64,
+    /// The kernel got this inode from a predecessor process, with a count we do not know.
+    inherited: bool,
     /// For files: the exact version this inode names, with its attributes.
     file: Option<(SecretBytes, FileAttr)>,
+}
+
+impl Live {
+    /// One more kernel reference; the first one of a file inode pins the version it names.
+    fn record_lookup(&mut self, value: Option<SecretBytes>, attr: FileAttr) {
+        self.nlookup += 1;
+        if self.file.is_none() {
+            self.file = value.map(|v| (v, attr));
+        }
+    }
 }
 
 /// The read-only filesystem over a `SecretCache`.
@@ -192,6 +205,14 @@ impl Fs {
     /// current version).
     fn current_attr(&self, ino: Ino) -> Result<(FileAttr, Option<SecretBytes>), FsError> {
         let vol = self.volume(ino)?;
+        self.current_attr_of(&vol, ino)
+    }
+
+    fn current_attr_of(
+        &self,
+        vol: &CachedVolume,
+        ino: Ino,
+    ) -> Result<(FileAttr, Option<SecretBytes>), FsError> {
         let node = vol.layout.node(ino.node).ok_or(FsError::Stale)?;
         let own = vol.ownership;
         match node.kind {
@@ -290,9 +311,10 @@ impl Fs {
                 .entry(child.encode())
                 .or_insert_with(|| Live {
                     nlookup: 0,
-                    file: value.map(|v| (v, attr)),
+                    inherited: false,
+                    file: None,
                 })
-                .nlookup += 1;
+                .record_lookup(value, attr);
             if child.generation == 0 || attempts >= 100 {
                 return Ok(attr);
             }
@@ -305,14 +327,111 @@ impl Fs {
 
     /// The kernel dropped `n` references to `ino`. At zero, an old version is released (and
     /// wiped once no snapshot holds it either).
+    ///
+    /// An inherited inode's count includes references a predecessor process gave out, which we
+    /// do not know. The kernel forgets an evicted inode with its whole count in one message, so
+    /// a forget larger than what we gave out means the inode is gone.
     pub fn forget(&self, ino: u64, n: u64) {
         let mut live = self.live();
         if let Some(entry) = live.get_mut(&ino) {
-            entry.nlookup = entry.nlookup.saturating_sub(n);
-            if entry.nlookup == 0 {
+            let gone = if entry.inherited {
+                n > entry.nlookup
+            } else {
+                n >= entry.nlookup
+            };
+            if gone {
                 live.remove(&ino);
+            } else {
+                entry.nlookup -= n;
             }
         }
+    }
+
+    /// Records that the kernel may hold inodes of volume `slot` from a predecessor process: the
+    /// files' inodes at `generations` (node, generation). They are then retired with kernel
+    /// notifications on the next rotation like inodes this process handed out, and, once
+    /// `adopt_values` ran, old versions stay readable through fds opened before the restart.
+    pub fn inherit(&self, slot: u32, generations: &[(u16, u32)]) {
+        let mut live = self.live();
+        for &(node, generation) in generations {
+            live.entry(
+                Ino {
+                    slot,
+                    node,
+                    generation,
+                }
+                .encode(),
+            )
+            .or_insert(Live {
+                nlookup: 0,
+                inherited: true,
+                file: None,
+            })
+            .inherited = true;
+        }
+    }
+
+    /// Gives inherited inodes of volume `slot` that name the current version its value, so
+    /// they keep serving it after a later rotation.
+    pub fn adopt_values(&self, slot: u32) {
+        let Some(vol) = self.cache.by_slot(slot) else {
+            return;
+        };
+        let mut live = self.live();
+        for (ino, entry) in live.iter_mut() {
+            let Some(decoded) = Ino::decode(*ino) else {
+                continue;
+            };
+            if decoded.slot != slot || !entry.inherited || entry.file.is_some() {
+                continue;
+            }
+            if let Ok((attr, Some(value))) = self.current_attr_of(&vol, decoded) {
+                entry.file = Some((value, attr));
+            }
+        }
+    }
+
+    /// The notifications that make every file of volume `slot` drop an entry the kernel may
+    /// have cached for `generation + 1` of `generations`: a version a crashed predecessor
+    /// handed out before checkpointing it. Harmless when the kernel holds no such entry.
+    pub fn restart_invalidations(
+        &self,
+        slot: u32,
+        generations: &[(u16, u32)],
+    ) -> Vec<Invalidation> {
+        let Some(vol) = self.cache.by_slot(slot) else {
+            return Vec::new();
+        };
+        let current = vol.snapshot();
+        generations
+            .iter()
+            .filter_map(|&(node, generation)| {
+                let ghost = if generation >= crate::cache::MAX_GENERATION {
+                    1
+                } else {
+                    generation + 1
+                };
+                if current.version(node).map(|v| v.generation) == Some(ghost) {
+                    return None;
+                }
+                let n = vol.layout.node(node)?;
+                Some(Invalidation {
+                    parent: Ino {
+                        slot,
+                        node: n.parent,
+                        generation: 0,
+                    }
+                    .encode(),
+                    child: Ino {
+                        slot,
+                        node,
+                        generation: ghost,
+                    }
+                    .encode(),
+                    name: n.name.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Attributes of `ino`.
@@ -457,6 +576,15 @@ impl Fs {
         self.live().clear();
     }
 
+    /// The name of `ino`'s node in its volume's layout (the last path component; empty for a
+    /// volume's root directory), whatever its generation. `None` for the hub root, an
+    /// invalid number or a removed volume. For diagnostics and test-only fault injection.
+    pub fn node_name(&self, ino: u64) -> Option<String> {
+        let d = Ino::decode(ino)?;
+        let vol = self.cache.by_slot(d.slot)?;
+        vol.layout.node(d.node).map(|n| n.name.clone())
+    }
+
     /// Number of inodes the kernel currently holds (diagnostics, tests).
     pub fn live_inodes(&self) -> usize {
         self.live().len()
@@ -506,6 +634,64 @@ mod tests {
 
     fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
         fs.read(ino, 0, 1 << 20).expect("read").bytes().to_vec()
+    }
+
+    #[test]
+    fn inherited_inodes_are_invalidated_kept_readable_and_forgotten_on_eviction() {
+        use crate::cache::PriorVersion;
+        let objs = objects(&[("a", None)]);
+        let cache = Arc::new(SecretCache::new());
+        let layout = Layout::new("vol", &objs).expect("layout");
+        let node = layout.object_node(0).expect("a");
+        let t = SystemTime::UNIX_EPOCH;
+        let vol = cache
+            .restore(
+                "vol",
+                9,
+                layout,
+                Ownership::default(),
+                t,
+                vec![PriorVersion {
+                    node,
+                    generation: 3,
+                    id: "v-old".into(),
+                    fetched_at: t,
+                }],
+            )
+            .expect("restore");
+        let fs = Fs::new(Arc::clone(&cache));
+        fs.inherit(9, &[(node, 3)]);
+        let mut values = fetched(&objs, &["old"]);
+        values[0].version = "v-old".into();
+        assert!(vol.replace(values).expect("replace").is_empty());
+        fs.adopt_values(9);
+        let old = Ino {
+            slot: 9,
+            node,
+            generation: 3,
+        }
+        .encode();
+        // The predecessor's inode serves without a lookup from us.
+        assert_eq!(read_all(&fs, old), b"old");
+        // A ghost generation 4 may be cached by the kernel: it gets a delete notification.
+        let ghosts = fs.restart_invalidations(9, &[(node, 3)]);
+        assert_eq!(ghosts.len(), 1);
+        assert_eq!(ghosts[0].child & 0xff_ffff, 4);
+        // A rotation retires the inherited inode although we never handed it out ...
+        let cs = vol.replace(fetched(&objs, &["new"])).expect("replace");
+        let inv = fs.invalidations(&cs);
+        assert_eq!(inv.len(), 1);
+        assert_eq!(inv[0].child, old);
+        // ... and fds opened before the restart keep reading the old version.
+        assert_eq!(read_all(&fs, old), b"old");
+        // One lookup of ours plus unknown ones of the predecessor: a forget of exactly ours is
+        // partial, a larger one is the eviction.
+        fs.live().get_mut(&old).expect("live").nlookup = 1;
+        fs.forget(old, 1);
+        assert_eq!(fs.live_inodes(), 1);
+        fs.forget(old, 2);
+        assert_eq!(fs.live_inodes(), 0);
+        assert_eq!(fs.read(old, 0, 10).map(|_| ()), Err(FsError::Stale));
     }
 
     #[test]

@@ -1,40 +1,48 @@
-//! The fuse adapter stage: fuser's `Filesystem` over `fs::Fs`, and the hub connection.
+//! The FUSE stage: the hub connection, served by our own request loop (`raw`), plus mounting
+//! (`mount`) and kernel invalidation (`invalidator`).
 //!
-//! Each callback asks `fs` and replies; no logic lives here. Write-type calls answer EROFS.
-//! `open` and `flush` answer ENOSYS, which makes the kernel stop sending them: opens then cost
-//! no round trip and keep the page cache ("zero-message opens", measured at ~0.7x tmpfs
-//! throughput in docs/design.md). Entry and attribute TTLs are long because every change is
-//! announced explicitly by the invalidator.
+//! One connection (the "hub", mounted at a private directory) serves every volume; each target
+//! is a bind mount of its volume's subtree. `raw::Server` answers each request by asking
+//! `fs::Fs`; no logic lives in this stage. OPEN, OPENDIR and FLUSH answer ENOSYS, which makes the
+//! kernel stop sending them: opens then cost no round trip and keep the page cache
+//! ("zero-message opens", measured at ~0.7x tmpfs throughput in docs/design.md §3). Writes answer
+//! EROFS. Entry and attribute TTLs are long because every change is announced explicitly by the
+//! invalidator thread.
 //!
-//! fuser's `Filesystem`, `Session` and `Notifier` are used only in this module and its children.
+//! Why our own loop and not fuser's `Session`: restart survival needs a successor process to
+//! serve a `/dev/fuse` fd whose FUSE_INIT a predecessor already answered, and fuser 0.18's
+//! `Session::from_fd` always waits for an INIT that never comes again (cberner/fuser#753). So
+//! `Hub::mount` starts the raw loops on a fresh connection (they answer INIT), and `Hub::adopt`
+//! starts them on an initialized one handed over by the holder, then asks the kernel to resend
+//! what the predecessor had read but not answered (FUSE_NOTIFY_RESEND, Linux 6.9+). Behaviour
+//! and measurements of the loop: docs/design.md §14. fuser remains a dependency only for its
+//! value types (`FileAttr`, `FileType`, `INodeNo`), used by `fs` and `raw::abi`.
 
 pub mod invalidator;
 pub mod mount;
 pub mod raw;
 
-use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use fuser::{
-    BackgroundSession, Config, Errno, FileHandle, Filesystem, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
-    TimeOrNow, WriteFlags,
-};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use invalidator::InvalidatorHandle;
 pub use mount::Unmounted;
 
-use crate::fs::{Fs, FsError};
+use crate::fs::Fs;
 
 /// How long the kernel may cache names and attributes without asking. Changes are pushed by
 /// explicit invalidation, so this only bounds the damage of a lost notification.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// How long `Hub::mount` waits for the loops to answer FUSE_INIT.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the FUSE layer.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +55,8 @@ pub enum FuseError {
         /// The OS error.
         source: io::Error,
     },
-    /// The FUSE handshake or session start failed.
+    /// Starting the FUSE loops failed: FUSE_INIT not answered in time or refused, a thread
+    /// could not be spawned, or (adopting) FUSE_NOTIFY_RESEND failed on a dead connection.
     #[error("starting the FUSE session at {path}: {source}")]
     Session {
         /// The hub directory.
@@ -75,10 +84,6 @@ pub enum FuseError {
     },
 }
 
-fn errno(e: FsError) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
 /// Requests that reached userspace, by kind: the hot path should add none.
 #[derive(Debug, Default)]
 pub struct RequestCounts {
@@ -97,10 +102,6 @@ pub struct RequestCounts {
 }
 
 impl RequestCounts {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// (lookup, getattr, read, readdir, forget, other) at this instant.
     pub fn snapshot(&self) -> [u64; 6] {
         [
@@ -115,309 +116,104 @@ impl RequestCounts {
     }
 }
 
-/// `fuser::Filesystem` over `Fs`.
-struct Adapter {
-    fs: Arc<Fs>,
-    ttl: Duration,
-    counts: Arc<RequestCounts>,
-}
-
-impl Filesystem for Adapter {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        RequestCounts::bump(&self.counts.lookup);
-        match self.fs.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        RequestCounts::bump(&self.counts.forget);
-        self.fs.forget(ino.0, nlookup);
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        RequestCounts::bump(&self.counts.getattr);
-        match self.fs.getattr(ino.0) {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        RequestCounts::bump(&self.counts.other);
-        // ENOSYS: the kernel stops sending OPEN/RELEASE and keeps the page cache.
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        RequestCounts::bump(&self.counts.other);
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        RequestCounts::bump(&self.counts.other);
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        RequestCounts::bump(&self.counts.read);
-        match self.fs.read(ino.0, offset, size) {
-            Ok(data) => reply.data(data.bytes()),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        RequestCounts::bump(&self.counts.readdir);
-        match self.fs.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(INodeNo(e.ino), e.next_offset, e.kind, &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        // ENOSYS: no xattrs, and the kernel stops asking (e.g. security.selinux on every stat).
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
-    }
-
-    // Everything below modifies: read-only filesystem.
-
-    fn setattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::EROFS));
-    }
-}
-
 /// The one FUSE connection of the process, mounted at a private directory; every volume is a
-/// bind mount of its subtree.
+/// bind mount of its subtree. Served by `threads` raw loops (`baofs-fuse-N`) sharing one
+/// `raw::Server`, plus the `baofs-inval` thread for kernel notifications.
 pub struct Hub {
     dir: PathBuf,
-    session: Option<BackgroundSession>,
+    fd: Arc<OwnedFd>,
+    server: Arc<raw::Server>,
+    loops: Vec<JoinHandle<()>>,
     invalidator: InvalidatorHandle,
-    counts: Arc<RequestCounts>,
 }
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("dir", &self.dir)
+            .field("conn", &self.server.state())
+            .field("loops", &self.loops.len())
             .finish_non_exhaustive()
     }
 }
 
+/// Starts `n` loops of `server` on `fd`, named `baofs-fuse-N`. A loop that fails logs why; one
+/// that ends because the connection did (unmount) is silent.
+fn spawn_loops(
+    server: &Arc<raw::Server>,
+    fd: &Arc<OwnedFd>,
+    n: usize,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    (0..n)
+        .map(|i| {
+            let (server, fd) = (Arc::clone(server), Arc::clone(fd));
+            std::thread::Builder::new()
+                .name(format!("baofs-fuse-{i}"))
+                .spawn(move || {
+                    if let Err(e) = server.serve(fd.as_fd()) {
+                        warn!(error = %e, "FUSE loop ended with an error");
+                    }
+                })
+        })
+        .collect()
+}
+
+/// Asks the kernel to queue again every request of the connection that was read but not
+/// answered (by a predecessor that died mid-request). Too old a kernel is only a warning.
+fn resend(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match raw::notify(fd, &raw::encode_notify_resend()) {
+        Ok(()) => {
+            debug!("FUSE_NOTIFY_RESEND: requests read but not answered before are queued again");
+            Ok(())
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+            warn!(
+                error = %e,
+                "FUSE_NOTIFY_RESEND needs Linux >= 6.9 (FUSE 7.40): requests the previous \
+                 server had read but not answered stay unanswered (their callers hang until \
+                 killed or the hub is unmounted)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Hub {
-    /// Mounts the hub at `dir` (which must exist) and starts `threads` FUSE loops (at least 2).
+    /// Opens /dev/fuse, mounts a new connection at `dir` (which must exist), starts `threads`
+    /// loops (at least 2) and returns once they answered FUSE_INIT (within `INIT_TIMEOUT`). On
+    /// any failure after the mount, the hub is unmounted again.
     pub fn mount(dir: &Path, fs: Arc<Fs>, threads: usize) -> Result<Self, FuseError> {
         let fd = mount::mount_fuse(dir, "baofs").map_err(|source| FuseError::MountHub {
             path: dir.to_owned(),
             source,
         })?;
-        let counts = Arc::new(RequestCounts::default());
+        let fd = Arc::new(fd);
+        let server = Arc::new(raw::Server::new(fs, DEFAULT_TTL, raw::ConnState::fresh()));
         let started = (|| {
-            let mut config = Config::default();
-            config.n_threads = Some(threads.max(2));
-            let adapter = Adapter {
-                fs,
-                ttl: DEFAULT_TTL,
-                counts: Arc::clone(&counts),
-            };
-            let session = Session::from_fd(adapter, fd, SessionACL::All, config)?;
-            let notifier = session.notifier();
-            let session = session.spawn()?;
-            let invalidator = invalidator::spawn(notifier)?;
-            Ok::<_, io::Error>((session, invalidator))
+            let invalidator = invalidator::spawn(Arc::clone(&fd))?;
+            let loops = spawn_loops(&server, &fd, threads.max(2))?;
+            let state = server.wait_init(INIT_TIMEOUT)?;
+            Ok::<_, io::Error>((invalidator, loops, state))
         })();
         match started {
-            Ok((session, invalidator)) => {
-                info!(hub = %dir.display(), "FUSE hub mounted");
+            Ok((invalidator, loops, state)) => {
+                info!(
+                    hub = %dir.display(),
+                    protocol = format!("{}.{}", state.major, state.minor),
+                    "FUSE hub mounted"
+                );
                 Ok(Self {
                     dir: dir.to_owned(),
-                    session: Some(session),
+                    fd,
+                    server,
+                    loops,
                     invalidator,
-                    counts,
                 })
             }
             Err(source) => {
+                // The loops end with ENODEV once the connection is gone.
+                server.stop();
                 let _ = mount::unmount(dir);
                 Err(FuseError::Session {
                     path: dir.to_owned(),
@@ -427,14 +223,79 @@ impl Hub {
         }
     }
 
+    /// Serves `fd`, an already initialized connection (e.g. fetched back from the holder) whose
+    /// hub is already mounted at `dir`: starts `threads` loops (at least 2) with `state` (no INIT
+    /// expected; `state` must be initialized), then writes FUSE_NOTIFY_RESEND so requests the
+    /// previous server had read but not answered are queued again. On kernels before 6.9 that
+    /// is a warning, not an error. Never mounts or unmounts.
+    pub fn adopt(
+        dir: &Path,
+        fs: Arc<Fs>,
+        fd: OwnedFd,
+        state: raw::ConnState,
+        threads: usize,
+    ) -> Result<Self, FuseError> {
+        let fail = |source| FuseError::Session {
+            path: dir.to_owned(),
+            source,
+        };
+        if !state.is_initialized() {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "adopting needs the negotiated state of an initialized connection, not \
+                 ConnState::fresh()",
+            )));
+        }
+        let fd = Arc::new(fd);
+        let server = Arc::new(raw::Server::new(fs, DEFAULT_TTL, state));
+        let started = (|| {
+            let invalidator = invalidator::spawn(Arc::clone(&fd))?;
+            let loops = spawn_loops(&server, &fd, threads.max(2))?;
+            resend(fd.as_fd())?;
+            Ok::<_, io::Error>((invalidator, loops))
+        })();
+        match started {
+            Ok((invalidator, loops)) => {
+                info!(
+                    hub = %dir.display(),
+                    protocol = format!("{}.{}", state.major, state.minor),
+                    "FUSE hub adopted"
+                );
+                Ok(Self {
+                    dir: dir.to_owned(),
+                    fd,
+                    server,
+                    loops,
+                    invalidator,
+                })
+            }
+            Err(source) => {
+                // Started loops return after their next request; the connection stays up for
+                // whoever else holds it.
+                server.stop();
+                Err(fail(source))
+            }
+        }
+    }
+
     /// The hub directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The connection's `/dev/fuse` fd, e.g. to hand a dup of it to the holder.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The connection's negotiated INIT: what a successor needs to adopt `fd`.
+    pub fn conn_state(&self) -> raw::ConnState {
+        self.server.state()
+    }
+
     /// Requests that reached userspace so far.
     pub fn request_counts(&self) -> &RequestCounts {
-        &self.counts
+        self.server.request_counts()
     }
 
     /// A handle to queue kernel invalidations.
@@ -459,25 +320,27 @@ impl Hub {
         })
     }
 
-    /// Unmounts the hub and waits up to `grace` for the FUSE loops to end. If files are still
-    /// open the hub is detached and the loops keep serving them until the process exits.
-    pub fn shutdown(mut self, grace: Duration) -> Result<Unmounted, FuseError> {
+    /// Unmounts the hub and waits up to `grace` for the FUSE loops to end (they do on ENODEV
+    /// once the connection is gone). If files are still open the hub is detached and the loops
+    /// keep serving them until the process exits.
+    pub fn shutdown(self, grace: Duration) -> Result<Unmounted, FuseError> {
         let how = mount::unmount(&self.dir).map_err(|source| FuseError::Unmount {
             target: self.dir.clone(),
             source,
         })?;
-        if let Some(session) = self.session.take() {
-            let deadline = Instant::now() + grace;
-            while !session.guard.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if session.guard.is_finished() {
-                if let Err(e) = session.join() {
-                    warn!(error = %e, "FUSE session ended with an error");
+        let deadline = Instant::now() + grace;
+        let ended = || self.loops.iter().all(JoinHandle::is_finished);
+        while !ended() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if ended() {
+            for t in self.loops {
+                if t.join().is_err() {
+                    warn!("a FUSE loop panicked");
                 }
-            } else {
-                info!(hub = %self.dir.display(), "files still open: hub detached, loops end at exit");
             }
+        } else {
+            info!(hub = %self.dir.display(), "files still open: hub detached, loops end at exit");
         }
         Ok(how)
     }

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long either side waits for the other on one connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -385,7 +385,12 @@ fn serve_one(stream: UnixStream, table: &Mutex<BTreeMap<String, Entry>>, me: u32
             let fd = fds.remove(0);
             let replaced = t.insert(name.clone(), Entry { fd, meta }).is_some();
             drop(t);
-            info!(name, replaced, "holder: fd stored");
+            if replaced {
+                // A checkpoint re-put under the same name: routine, not news.
+                debug!(name, replaced, "holder: fd stored");
+            } else {
+                info!(name, replaced, "holder: fd stored");
+            }
             send(&Reply::ok(), None);
         }
         Request::Get { name } => match t.get(&name) {

@@ -42,6 +42,7 @@ pub mod spc;
 pub mod spc_source;
 pub mod status;
 pub mod syncer;
+pub mod takeover;
 pub mod telemetry;
 pub mod timefmt;
 pub mod volume;

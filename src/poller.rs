@@ -263,6 +263,15 @@ impl PolledVolume {
         }
     }
 
+    /// Marks a volume restored without values (after a restart): unhealthy until a poll
+    /// succeeds.
+    pub fn mark_failed(&self, error: &str) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.last_success = None;
+        h.last_error = Some(error.to_owned());
+        h.failures = 1;
+    }
+
     /// Records when the provider wants the next poll (from the last successful fetch).
     pub fn set_refresh_at(&self, at: Option<SystemTime>) {
         *self.refresh_at.lock().unwrap_or_else(|e| e.into_inner()) = at;

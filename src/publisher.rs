@@ -12,8 +12,9 @@
 //! undoes the mount: a target is either fully published or untouched.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -25,8 +26,12 @@ use crate::fs::Fs;
 use crate::fuse::{self, FuseError, Hub, Unmounted};
 use crate::observer::{VolumeEvent, VolumeObserver};
 use crate::poller::{PollHealth, PolledVolume, Poller, earliest_refresh};
-use crate::provider::{Provider, ProviderError};
-use crate::volume::VolumeSpec;
+use crate::provider::{BoxFuture, Provider, ProviderError};
+use crate::takeover::{
+    Checkpoint, CheckpointSource, Checkpointer, CredentialKind, FileRecord, PodRecord,
+    RestoredVolume, Secrets, VolumeRecord,
+};
+use crate::volume::{Credentials, VolumeSpec};
 
 /// How the publisher runs.
 #[derive(Debug, Clone)]
@@ -158,6 +163,37 @@ pub struct Publisher {
     poller: Option<Arc<Poller>>,
     volumes: Mutex<HashMap<PathBuf, Arc<Mounted>>>,
     target_locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set when a holder keeps the hub: every change is checkpointed to it.
+    checkpointer: Arc<OnceLock<Arc<Checkpointer>>>,
+    /// Publish and unpublish hold it shared; a handoff takes it exclusively and sets it, after
+    /// which they are refused (the successor serves them).
+    gate: tokio::sync::RwLock<bool>,
+    /// The provider's version key, handed to a successor with the credentials.
+    version_key: Mutex<Option<VersionKeyBytes>>,
+    /// Targets of dead processes' volumes detached at start (their pods lost the volume).
+    lost: Mutex<Vec<PathBuf>>,
+}
+
+type VersionKeyBytes = zeroize::Zeroizing<[u8; crate::provider::openbao::version::KEY_BYTES]>;
+
+/// The poller's observer: the real one, plus a checkpoint request after each rotation (new
+/// generations must reach the holder before a crash could lose them).
+struct CheckpointingObserver {
+    inner: Observer,
+    checkpointer: Arc<OnceLock<Arc<Checkpointer>>>,
+}
+
+impl VolumeObserver for CheckpointingObserver {
+    fn observe<'a>(
+        &'a self,
+        view: &'a crate::observer::VolumeView,
+        event: VolumeEvent<'a>,
+    ) -> BoxFuture<'a, ()> {
+        if let (VolumeEvent::Rotated { .. }, Some(c)) = (&event, self.checkpointer.get()) {
+            c.mark();
+        }
+        self.inner.observe(view, event)
+    }
 }
 
 impl std::fmt::Debug for Publisher {
@@ -175,20 +211,29 @@ impl std::fmt::Debug for Publisher {
 /// (lazily: never blocks on a busy mount) and logged with its path, which names the pod; then the
 /// hub goes. Mounts of live processes are never touched: a target is matched to a dead hub by
 /// the device number all bind mounts of one connection share.
-fn clean_stale_hubs(state_dir: &Path) {
+///
+/// `keep` is a hub being taken over (its process is gone, its connection is not). A hub named
+/// with our own pid is stale too: in a container every restart may get the same pid.
+fn clean_stale_hubs(state_dir: &Path, keep: Option<&Path>) -> Vec<PathBuf> {
+    let mut lost = Vec::new();
     let Ok(entries) = std::fs::read_dir(state_dir) else {
-        return;
+        return lost;
     };
     let mounts = fuse::mount::mounts().unwrap_or_default();
+    let keep = keep.map(|k| std::fs::canonicalize(k).unwrap_or_else(|_| k.to_owned()));
+    let own = std::process::id().to_string();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("hub-")) else {
             continue;
         };
-        if Path::new("/proc").join(pid).exists() {
+        if pid != own && Path::new("/proc").join(pid).exists() {
             continue;
         }
         let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
+        if keep.as_deref() == Some(path.as_path()) {
+            continue;
+        }
         if let Some(hub) = mounts
             .iter()
             .find(|m| m.mount_point == path && m.fstype.starts_with("fuse.baofs"))
@@ -198,12 +243,15 @@ fn clean_stale_hubs(state_dir: &Path) {
                 .filter(|m| m.dev == hub.dev && m.mount_point != path)
             {
                 match fuse::mount::unmount(&m.mount_point) {
-                    Ok(how) => warn!(
-                        target = %m.mount_point.display(),
-                        volume = %m.root,
-                        ?how,
-                        "detached a volume of a dead baofs process (its reads failed with ENOTCONN)"
-                    ),
+                    Ok(how) => {
+                        warn!(
+                            target = %m.mount_point.display(),
+                            volume = %m.root,
+                            ?how,
+                            "detached a volume of a dead baofs process (its reads failed with ENOTCONN)"
+                        );
+                        lost.push(m.mount_point.clone());
+                    }
                     Err(e) => warn!(
                         target = %m.mount_point.display(),
                         error = %e,
@@ -219,16 +267,17 @@ fn clean_stale_hubs(state_dir: &Path) {
         }
         let _ = std::fs::remove_dir(&path);
     }
+    lost
 }
 
-fn prepare_hub_dir(state_dir: &Path) -> Result<PathBuf, PublishError> {
+fn prepare_hub_dir(state_dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), PublishError> {
     use std::os::unix::fs::PermissionsExt;
     let state_err = |source| PublishError::State {
         path: state_dir.to_owned(),
         source,
     };
     std::fs::create_dir_all(state_dir).map_err(state_err)?;
-    clean_stale_hubs(state_dir);
+    let lost = clean_stale_hubs(state_dir, None);
     let hub = state_dir.join(format!("hub-{}", std::process::id()));
     match std::fs::create_dir(&hub) {
         Ok(()) => {}
@@ -236,7 +285,7 @@ fn prepare_hub_dir(state_dir: &Path) -> Result<PathBuf, PublishError> {
         Err(e) => return Err(state_err(e)),
     }
     std::fs::set_permissions(&hub, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
-    Ok(hub)
+    Ok((hub, lost))
 }
 
 /// The volume's directory name in the hub: `<namespace>_<spc>_<volume id>`. It shows in
@@ -270,7 +319,7 @@ impl Publisher {
     ) -> Result<Arc<Self>, PublishError> {
         let cache = Arc::new(SecretCache::new());
         let fs = Arc::new(Fs::new(Arc::clone(&cache)));
-        let hub_dir = prepare_hub_dir(&config.state_dir)?;
+        let (hub_dir, lost) = prepare_hub_dir(&config.state_dir)?;
         let hub = match Hub::mount(&hub_dir, Arc::clone(&fs), config.fuse_threads) {
             Ok(hub) => hub,
             Err(e) => {
@@ -278,16 +327,36 @@ impl Publisher {
                 return Err(e.into());
             }
         };
+        Ok(Self::assemble(
+            config, provider, observer, fs, hub, hub_dir, lost,
+        ))
+    }
+
+    fn assemble(
+        config: PublisherConfig,
+        provider: Arc<dyn Provider>,
+        observer: Observer,
+        fs: Arc<Fs>,
+        hub: Hub,
+        hub_dir: PathBuf,
+        lost: Vec<PathBuf>,
+    ) -> Arc<Self> {
+        let cache = Arc::clone(fs.cache());
+        let checkpointer: Arc<OnceLock<Arc<Checkpointer>>> = Arc::default();
+        let poller_observer: Observer = Arc::new(CheckpointingObserver {
+            inner: Arc::clone(&observer),
+            checkpointer: Arc::clone(&checkpointer),
+        });
         let poller = config.rotation.map(|interval| {
             Arc::new(Poller::new(
                 Arc::clone(&provider),
                 Arc::clone(&fs),
                 Arc::new(hub.invalidator()),
-                Arc::clone(&observer),
+                poller_observer,
                 interval,
             ))
         });
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             config,
             provider,
             observer,
@@ -298,7 +367,255 @@ impl Publisher {
             poller,
             volumes: Mutex::new(HashMap::new()),
             target_locks: Mutex::new(HashMap::new()),
-        }))
+            checkpointer,
+            gate: tokio::sync::RwLock::new(false),
+            version_key: Mutex::new(None),
+            lost: Mutex::new(lost),
+        })
+    }
+
+    /// Takes over the hub a previous process served (its connection kept by the holder):
+    /// re-creates every volume in its old slot with its refetched values (unchanged files keep
+    /// their inodes), serves the connection at once (the kernel resends what the dead process
+    /// had read but not answered), retires what changed while nobody served, and resumes
+    /// polling. Volumes whose values could not be fetched stay listed and are retried by the
+    /// poller; their uncached files answer "not found" until then. Returns the publisher, how
+    /// many volumes have values, and when the connection was served again.
+    pub async fn take_over(
+        config: PublisherConfig,
+        provider: Arc<dyn Provider>,
+        observer: Observer,
+        checkpoint: &Checkpoint,
+        fd: OwnedFd,
+        restored: Vec<RestoredVolume>,
+    ) -> Result<(Arc<Self>, usize, std::time::Instant), PublishError> {
+        let cache = Arc::new(SecretCache::new());
+        let fs = Arc::new(Fs::new(Arc::clone(&cache)));
+        let state_err = |source| PublishError::State {
+            path: config.state_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.state_dir).map_err(state_err)?;
+        let mut lost = clean_stale_hubs(&config.state_dir, Some(&checkpoint.hub_dir));
+
+        // 1. The cache, before the first request is served.
+        struct Ready {
+            record: VolumeRecord,
+            spec: Option<VolumeSpec>,
+            cached: Arc<crate::cache::CachedVolume>,
+            changes: crate::cache::ChangeSet,
+            generations: Vec<(u16, u32)>,
+            error: Option<String>,
+            refresh_at: Option<SystemTime>,
+        }
+        let mut ready = Vec::new();
+        for r in restored {
+            let RestoredVolume {
+                record,
+                spec,
+                prior,
+                fetched,
+                pending,
+            } = r;
+            let generations: Vec<(u16, u32)> =
+                prior.iter().map(|p| (p.node, p.generation)).collect();
+            let (spec, spec_error) = match spec {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e)),
+            };
+            let layout = match &spec {
+                Some(s) => Layout::new(&s.id, &s.spc.objects),
+                None => {
+                    warn!(
+                        volume = %record.volume_id,
+                        target = %record.target.display(),
+                        error = spec_error.as_deref().unwrap_or(""),
+                        "cannot restore a volume: its target is detached"
+                    );
+                    let _ = fuse::mount::unmount(&record.target);
+                    lost.push(record.target.clone());
+                    continue;
+                }
+            };
+            let spec_ref = spec.as_ref();
+            let cached = layout.and_then(|l| {
+                cache.restore(
+                    &record.name,
+                    record.slot,
+                    l,
+                    spec_ref.map(|s| s.ownership).unwrap_or_default(),
+                    record.created_at,
+                    prior,
+                )
+            });
+            let cached = match cached {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(volume = %record.volume_id, error = %e, "cannot restore a volume: its target is detached");
+                    let _ = fuse::mount::unmount(&record.target);
+                    lost.push(record.target.clone());
+                    continue;
+                }
+            };
+            fs.inherit(record.slot, &generations);
+            let (changes, error, refresh_at) = match fetched {
+                Some(Ok(objects)) => {
+                    let refresh_at = earliest_refresh(&objects);
+                    match cached.replace(objects) {
+                        Ok(c) => (c, None, refresh_at),
+                        Err(e) => (Default::default(), Some(e.to_string()), None),
+                    }
+                }
+                Some(Err(e)) => (Default::default(), Some(e.to_string()), None),
+                None => (
+                    Default::default(),
+                    Some(pending.unwrap_or_else(|| "not fetched".to_owned())),
+                    None,
+                ),
+            };
+            fs.adopt_values(record.slot);
+            ready.push(Ready {
+                record,
+                spec,
+                cached,
+                changes,
+                generations,
+                error,
+                refresh_at,
+            });
+        }
+
+        // 2. Serve the connection.
+        let hub = Hub::adopt(
+            &checkpoint.hub_dir,
+            Arc::clone(&fs),
+            fd,
+            checkpoint.conn,
+            config.fuse_threads,
+        )?;
+        let serving_since = std::time::Instant::now();
+        let this = Self::assemble(
+            config,
+            provider,
+            observer,
+            fs,
+            hub,
+            checkpoint.hub_dir.clone(),
+            lost,
+        );
+
+        // 3. Retire what changed while nobody served, then resume.
+        let mut invalidations = Vec::new();
+        for r in &ready {
+            invalidations.extend(this.fs.invalidations(&r.changes));
+            invalidations.extend(this.fs.restart_invalidations(r.record.slot, &r.generations));
+        }
+        if let Ok(inv) = this.with_hub(|h| h.invalidator()) {
+            inv.invalidate(invalidations).await;
+        }
+        let mut with_values = 0;
+        for r in ready {
+            let Some(spec) = r.spec else { continue };
+            let volume = Arc::new(PolledVolume::new(spec, r.cached, r.record.target.clone()));
+            match &r.error {
+                None => {
+                    with_values += 1;
+                    volume.set_refresh_at(r.refresh_at);
+                }
+                Some(e) => {
+                    warn!(
+                        volume = %r.record.volume_id,
+                        target = %r.record.target.display(),
+                        error = %e,
+                        "restored a volume without values; retrying at the next poll"
+                    );
+                    volume.mark_failed(e);
+                    volume.set_refresh_at(Some(SystemTime::now()));
+                }
+            }
+            if !r.changes.is_empty() {
+                let changed: Vec<_> = r.changes.changed.iter().map(|c| c.path.clone()).collect();
+                this.observer
+                    .observe(
+                        &volume.view(),
+                        VolumeEvent::Rotated {
+                            changed: &changed,
+                            elapsed: Duration::ZERO,
+                        },
+                    )
+                    .await;
+            }
+            this.track(volume, r.record.created_target, r.record.published_at);
+        }
+        Ok((this, with_values, serving_since))
+    }
+
+    /// Registers a mounted volume and starts its poller.
+    fn track(&self, volume: Arc<PolledVolume>, created_target: bool, published_at: SystemTime) {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = self.poller.as_ref().map(|p| {
+            let (p, v) = (Arc::clone(p), Arc::clone(&volume));
+            tokio::spawn(async move { p.run(v, stop_rx).await })
+        });
+        let target = volume.target.clone();
+        let mounted = Arc::new(Mounted {
+            target: target.clone(),
+            volume,
+            created_target,
+            published_at,
+            stop,
+            task: Mutex::new(task),
+        });
+        self.volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(target, mounted);
+    }
+
+    /// Hands every change to `checkpointer` from now on (a holder keeps the hub), with the
+    /// provider's version key, which a successor needs to recognize unchanged files.
+    pub fn set_checkpointer(
+        self: &Arc<Self>,
+        checkpointer: Arc<Checkpointer>,
+        version_key: Option<VersionKeyBytes>,
+    ) -> tokio::task::JoinHandle<()> {
+        *self.version_key.lock().unwrap_or_else(|e| e.into_inner()) = version_key;
+        let _ = self.checkpointer.set(Arc::clone(&checkpointer));
+        let me: Arc<dyn CheckpointSource> = Arc::clone(self) as Arc<dyn CheckpointSource>;
+        checkpointer.start(Arc::downgrade(&me))
+    }
+
+    /// Stops everything that changes state, for a handoff: later publishes and unpublishes are
+    /// refused, in-flight ones finish first, pollers stop. Files keep being served.
+    pub async fn quiesce(&self) {
+        let mut gate = self.gate.write().await;
+        *gate = true;
+        let volumes: Vec<Arc<Mounted>> = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for m in volumes {
+            let _ = m.stop.send(true);
+            let task = m.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// Targets of volumes a dead process served that were detached at start (their pods lost
+    /// the volume and need a restart), once.
+    pub fn take_lost_targets(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.lost.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    async fn commit_checkpoint(&self) {
+        if let Some(c) = self.checkpointer.get() {
+            c.commit().await;
+        }
     }
 
     /// The hub's mount point.
@@ -350,12 +667,26 @@ impl Publisher {
         spec: VolumeSpec,
         target: &Path,
     ) -> Result<Published, PublishError> {
+        let gate = self.gate.read().await;
+        if *gate {
+            return Err(handing_over(target));
+        }
         let lock = self.target_lock(target);
         let result = {
             let _serialized = lock.lock().await;
             self.publish_locked(spec, target).await
         };
         self.release_target_lock(target, lock);
+        match &result {
+            Ok(Published::Mounted) => self.commit_checkpoint().await,
+            Ok(Published::Republished) => {
+                if let Some(c) = self.checkpointer.get() {
+                    c.mark_lazy();
+                }
+            }
+            Err(_) => {}
+        }
+        drop(gate);
         result
     }
 
@@ -470,23 +801,7 @@ impl Publisher {
         self.observer
             .observe(&volume.view(), VolumeEvent::Published)
             .await;
-        let (stop, stop_rx) = watch::channel(false);
-        let task = self.poller.as_ref().map(|p| {
-            let (p, v) = (Arc::clone(p), Arc::clone(&volume));
-            tokio::spawn(async move { p.run(v, stop_rx).await })
-        });
-        let mounted = Arc::new(Mounted {
-            target: target.to_owned(),
-            volume,
-            created_target,
-            published_at: SystemTime::now(),
-            stop,
-            task: Mutex::new(task),
-        });
-        self.volumes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(target.to_owned(), mounted);
+        self.track(volume, created_target, SystemTime::now());
         Ok(Published::Mounted)
     }
 
@@ -494,12 +809,20 @@ impl Publisher {
     /// files are open) and drops its values, which are wiped once the kernel forgets them.
     /// Unknown targets are fine.
     pub async fn unpublish(&self, target: &Path) -> Result<Unpublished, PublishError> {
+        let gate = self.gate.read().await;
+        if *gate {
+            return Err(handing_over(target));
+        }
         let lock = self.target_lock(target);
         let result = {
             let _serialized = lock.lock().await;
             self.unpublish_locked(target).await
         };
         self.release_target_lock(target, lock);
+        if matches!(result, Ok(Unpublished::Unmounted)) {
+            self.commit_checkpoint().await;
+        }
+        drop(gate);
         result
     }
 
@@ -663,6 +986,111 @@ impl Publisher {
             }
             let _ = std::fs::remove_dir(&self.hub_dir);
         }
+    }
+}
+
+fn handing_over(target: &Path) -> PublishError {
+    PublishError::State {
+        path: target.to_owned(),
+        source: std::io::Error::other(
+            "this driver is handing over to its successor; retry (the successor serves it)",
+        ),
+    }
+}
+
+impl CheckpointSource for Publisher {
+    fn checkpoint(&self) -> Option<(Checkpoint, Secrets)> {
+        let (dir, conn) = self
+            .with_hub(|h| (h.dir().to_owned(), h.conn_state()))
+            .ok()?;
+        let volumes: Vec<Arc<Mounted>> = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut manifests: Vec<String> = Vec::new();
+        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut records = Vec::with_capacity(volumes.len());
+        let mut credentials = Vec::with_capacity(volumes.len());
+        for m in &volumes {
+            let spec = m.volume.spec.load_full();
+            let cached = &m.volume.cached;
+            let manifest = *index
+                .entry(Arc::clone(&spec.spc.manifest))
+                .or_insert_with(|| {
+                    manifests.push(spec.spc.manifest.to_string());
+                    manifests.len() - 1
+                });
+            let snap = cached.snapshot();
+            let files = (0..cached.layout.len())
+                .filter_map(|i| {
+                    let node = u16::try_from(i).ok()?;
+                    let v = snap.version(node)?;
+                    Some(FileRecord {
+                        node,
+                        generation: v.generation,
+                        version: v.id.clone(),
+                        fetched_at: v.fetched_at,
+                    })
+                })
+                .collect();
+            let kind = match &spec.credentials {
+                Credentials::Jwt(_) => CredentialKind::Jwt,
+                Credentials::Token(_) => CredentialKind::Token,
+            };
+            credentials.push((cached.id.clone(), spec.credentials.clone()));
+            records.push(VolumeRecord {
+                name: cached.id.clone(),
+                slot: cached.slot,
+                volume_id: spec.id.clone(),
+                target: m.target.clone(),
+                created_target: m.created_target,
+                created_at: cached.created_at,
+                published_at: m.published_at,
+                manifest,
+                spc_namespace: spec.spc.namespace.clone(),
+                pod: PodRecord {
+                    name: spec.pod.name.clone(),
+                    namespace: spec.pod.namespace.clone(),
+                    uid: spec.pod.uid.clone(),
+                    service_account: spec.pod.service_account.clone(),
+                },
+                uid: spec.ownership.uid,
+                gid: spec.ownership.gid,
+                credential: kind,
+                files,
+            });
+        }
+        records.sort_by_key(|r| r.slot);
+        let version_key = self
+            .version_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some((
+            Checkpoint {
+                format: crate::takeover::FORMAT,
+                writer: env!("CARGO_PKG_VERSION").to_owned(),
+                hub_dir: dir,
+                conn,
+                handoff_socket: crate::takeover::handoff_socket(&self.config.state_dir),
+                manifests,
+                volumes: records,
+            },
+            Secrets {
+                version_key,
+                credentials,
+            },
+        ))
+    }
+
+    fn hub_fd(&self) -> Option<OwnedFd> {
+        self.with_hub(|h| h.fd().try_clone_to_owned())
+            .ok()?
+            .map_err(|e| warn!(error = %e, "cannot dup the hub fd for the holder"))
+            .ok()
     }
 }
 

@@ -60,6 +60,9 @@ pub struct SecretProviderClass {
     pub objects: Vec<ObjectSpec>,
     /// `spec.secretObjects`, validated against `objects` (for the Secret sync feature).
     pub secret_objects: Vec<SecretObjectSpec>,
+    /// The manifest this was parsed from (an SPC holds no secret), kept so a successor process
+    /// can re-create a volume exactly as it was published after a restart.
+    pub manifest: std::sync::Arc<str>,
 }
 
 /// The OpenBao connection and login parameters of an SPC.
@@ -620,6 +623,7 @@ impl SecretProviderClass {
             params: openbao,
             objects,
             secret_objects,
+            manifest: text.into(),
         })
     }
 

@@ -2,18 +2,21 @@
 //!
 //! A FUSE notification can block in the kernel until a request one of our loops is serving
 //! completes (`invalidate_inode_pages2_range` waits on locked pages), so notifications are never
-//! sent from a FUSE callback nor while holding a lock the read path needs. The poller publishes
-//! the new snapshot first, then queues the notifications here and waits for them, so a poll
-//! "completes" only when new opens will see the new version.
+//! sent from a FUSE loop thread nor while holding a lock the read path needs. The poller
+//! publishes the new snapshot first, then queues the notifications here and waits for them, so a
+//! poll "completes" only when new opens will see the new version.
+//!
+//! Each notification is one `write(2)` of `raw::encode_notify_delete` on the hub's connection
+//! fd (shared with the loops; a notification has `unique` 0, so it never pairs with a request).
 
-use std::ffi::OsStr;
-use std::sync::mpsc;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, mpsc};
 use std::thread;
 
-use fuser::{INodeNo, Notifier};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use super::raw;
 use crate::fs::Invalidation;
 
 struct Job {
@@ -41,8 +44,9 @@ impl InvalidatorHandle {
     }
 }
 
-/// Starts the invalidation thread. It ends when every handle is dropped.
-pub fn spawn(notifier: Notifier) -> std::io::Result<InvalidatorHandle> {
+/// Starts the invalidation thread, writing to the connection `fd`. It ends when every handle is
+/// dropped (and closes its reference to the fd then).
+pub fn spawn(fd: Arc<OwnedFd>) -> std::io::Result<InvalidatorHandle> {
     let (tx, rx) = mpsc::channel::<Job>();
     thread::Builder::new()
         .name("baofs-inval".into())
@@ -51,14 +55,18 @@ pub fn spawn(notifier: Notifier) -> std::io::Result<InvalidatorHandle> {
                 for inv in &job.items {
                     // FUSE_NOTIFY_DELETE: drops the dentry and clears the old inode's nlink, so
                     // the next lookup returns the new inode; open fds keep the old version.
-                    match notifier.delete(
-                        INodeNo(inv.parent),
-                        INodeNo(inv.child),
-                        OsStr::new(&inv.name),
-                    ) {
+                    let msg = raw::encode_notify_delete(inv.parent, inv.child, inv.name.as_bytes());
+                    match raw::notify(fd.as_fd(), &msg) {
                         Ok(()) => {
                             debug!(parent = inv.parent, child = inv.child, "entry invalidated")
                         }
+                        // The kernel had no such entry cached (already evicted or forgotten):
+                        // nothing to invalidate, which is what we wanted.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => debug!(
+                            parent = inv.parent,
+                            child = inv.child,
+                            "entry not cached by the kernel: nothing to invalidate"
+                        ),
                         Err(e) => warn!(
                             parent = inv.parent,
                             child = inv.child,

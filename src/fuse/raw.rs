@@ -1,27 +1,32 @@
-//! A FUSE request loop of our own for the read-only request subset baofs serves.
+//! The FUSE request loop that serves the hub: our own, for the read-only request subset baofs
+//! serves.
 //!
-//! fuser 0.18 cannot adopt a connection that is already initialized: `Session::from_fd` always
-//! waits for FUSE_INIT (docs/notes: "the fuser gap"). This loop can: `ConnState::adopted` starts
-//! serving at once with the protocol version remembered from the original INIT, which is what a
-//! successor process needs to take over a live `/dev/fuse` fd after a restart. A fresh
-//! connection (`ConnState::fresh`) is served too: the loop answers INIT itself.
+//! Why our own: fuser 0.18 cannot adopt a connection that is already initialized
+//! (`Session::from_fd` always waits for a FUSE_INIT that never comes again; cberner/fuser#753).
+//! This loop can: `ConnState::adopted` starts serving at once with the protocol version
+//! remembered from the original INIT, which is what a successor process needs to take over a
+//! live `/dev/fuse` fd after a restart. A fresh connection (`ConnState::fresh`) is served too:
+//! the loop answers INIT itself, and `Server::wait_init` tells when it has.
 //!
-//! The loop is blocking and thread-agnostic: run `Server::serve` on N threads with the same fd.
-//! Replies are one `write(2)` each; requests are read into a buffer large enough for any
-//! `max_write` the connection may have negotiated (fuser negotiates 16 MiB).
+//! The loop is blocking and thread-agnostic: run `Server::serve` on N threads with the same fd
+//! (`fuse::Hub` does). Replies are one `write(2)` each; each loop reads requests into its own
+//! buffer, large enough for any `max_write` the connection may have negotiated (an adopted fd
+//! may come from a fuser-served process, which negotiates 16 MiB).
 //!
-//! Behaviour matches the fuser adapter in `fuse.rs`: OPEN/OPENDIR/FLUSH answer ENOSYS (zero
-//! message opens), xattrs and ACCESS answer ENOSYS, every write-type opcode answers EROFS.
+//! OPEN/OPENDIR/FLUSH answer ENOSYS, so the kernel stops sending them and opens cost no round
+//! trip ("zero-message opens", docs/design.md §3); xattrs and ACCESS answer ENOSYS; every
+//! write-type opcode answers EROFS.
 #![allow(unsafe_code)]
 
 pub mod abi;
 
 use std::ffi::OsStr;
 use std::io;
+use std::io::Write as _;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -85,6 +90,14 @@ impl ConnState {
     }
 }
 
+/// Test-only fault injection: a READ of a file whose node name (last path component) equals
+/// this variable's value is read from the device and never answered; the loop that read it
+/// parks forever. Read once per `Server`. Never set it in production.
+pub const FAULT_STALL_READ_ENV: &str = "BAOFS_FAULT_STALL_READ";
+
+/// How the first FUSE_INIT went, for `Server::wait_init`.
+type InitResult = Option<Result<(), String>>;
+
 /// The shared state of the loops serving one connection.
 pub struct Server {
     fs: Arc<Fs>,
@@ -92,6 +105,12 @@ pub struct Server {
     init: OnceLock<ConnState>,
     stop: AtomicBool,
     counts: Arc<RequestCounts>,
+    /// Whether `init_result` is settled: the only check on the hot path.
+    init_settled: AtomicBool,
+    init_result: Mutex<InitResult>,
+    init_cv: Condvar,
+    /// `FAULT_STALL_READ_ENV`, read at construction.
+    stall_read: Option<String>,
 }
 
 impl std::fmt::Debug for Server {
@@ -113,6 +132,9 @@ enum Outcome {
     Reply(Vec<u8>),
     /// Write this reply, then end the loop (DESTROY).
     ReplyAndStop(Vec<u8>),
+    /// Never answer; park this loop forever (test-only fault injection, `FAULT_STALL_READ_ENV`):
+    /// a READ of the file with this name.
+    Stall(String),
 }
 
 fn bump(c: &AtomicU64) {
@@ -122,16 +144,41 @@ fn bump(c: &AtomicU64) {
 impl Server {
     /// A server for `fs`, with entry/attribute TTL `ttl`, over a connection in `state`.
     pub fn new(fs: Arc<Fs>, ttl: Duration, state: ConnState) -> Self {
+        Self::with_counts(fs, ttl, state, Arc::new(RequestCounts::default()))
+    }
+
+    /// As `new`, counting requests into `counts` (shared with whoever reports them).
+    pub fn with_counts(
+        fs: Arc<Fs>,
+        ttl: Duration,
+        state: ConnState,
+        counts: Arc<RequestCounts>,
+    ) -> Self {
         let init = OnceLock::new();
-        if state.is_initialized() {
+        let adopted = state.is_initialized();
+        if adopted {
             let _ = init.set(state);
+        }
+        let stall_read = std::env::var(FAULT_STALL_READ_ENV)
+            .ok()
+            .filter(|v| !v.is_empty());
+        if let Some(name) = &stall_read {
+            warn!(
+                name,
+                "fault injection enabled ({FAULT_STALL_READ_ENV}): READs of this file are never \
+                 answered"
+            );
         }
         Self {
             fs,
             ttl,
             init,
             stop: AtomicBool::new(false),
-            counts: Arc::new(RequestCounts::default()),
+            counts,
+            init_settled: AtomicBool::new(adopted),
+            init_result: Mutex::new(adopted.then_some(Ok(()))),
+            init_cv: Condvar::new(),
+            stall_read,
         }
     }
 
@@ -146,6 +193,40 @@ impl Server {
         &self.counts
     }
 
+    /// The shared request counters (the same ones `request_counts` reads).
+    pub fn counts(&self) -> Arc<RequestCounts> {
+        Arc::clone(&self.counts)
+    }
+
+    /// Waits up to `timeout` until a loop has written the reply to FUSE_INIT and returns the
+    /// negotiated state (at once for an adopted connection). Fails if INIT was refused (protocol
+    /// too old), if a loop ended before INIT, or on timeout (`ErrorKind::TimedOut`).
+    pub fn wait_init(&self, timeout: Duration) -> io::Result<ConnState> {
+        let guard = self.init_result.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .init_cv
+            .wait_timeout_while(guard, timeout, |r| r.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        match &*guard {
+            Some(Ok(())) => Ok(self.state()),
+            Some(Err(why)) => Err(io::Error::other(why.clone())),
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("FUSE_INIT not answered within {timeout:?}"),
+            )),
+        }
+    }
+
+    /// Records how INIT went (first call wins) and wakes `wait_init`.
+    fn settle_init(&self, result: Result<(), String>) {
+        let mut r = self.init_result.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(result);
+        }
+        self.init_settled.store(true, Ordering::Release);
+        self.init_cv.notify_all();
+    }
+
     /// Asks every loop to return after the request it is handling (or the next one it reads).
     /// The fd stays open and the connection alive: another loop can take over.
     pub fn stop(&self) {
@@ -155,6 +236,18 @@ impl Server {
     /// Serves requests from `fd` until the connection ends (ENODEV: unmounted, or DESTROY) or
     /// `stop` was called. Call it from as many threads as wanted with the same fd.
     pub fn serve(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let result = self.serve_loop(fd);
+        if !self.init_settled.load(Ordering::Acquire) {
+            self.settle_init(Err(match &result {
+                Ok(()) => "the FUSE loop ended before FUSE_INIT".to_owned(),
+                Err(e) => format!("the FUSE loop failed before FUSE_INIT: {e}"),
+            }));
+        }
+        result
+    }
+
+    fn serve_loop(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        // Zeroed, so lazily backed: pages the kernel never writes to cost nothing.
         let mut buf = vec![0u8; BUFFER_SIZE];
         while !self.stop.load(Ordering::SeqCst) {
             let n = match read(fd, &mut buf) {
@@ -169,9 +262,15 @@ impl Server {
                 Outcome::Silent => continue,
                 Outcome::Reply(r) => (r, false),
                 Outcome::ReplyAndStop(r) => (r, true),
+                Outcome::Stall(name) => stall(&name),
             };
             match write(fd, &reply) {
-                Ok(_) => {}
+                Ok(_) => {
+                    // The INIT reply is out: `wait_init` may return.
+                    if !self.init_settled.load(Ordering::Relaxed) && self.init.get().is_some() {
+                        self.settle_init(Ok(()));
+                    }
+                }
                 // The request was interrupted and is gone.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
@@ -247,6 +346,11 @@ impl Server {
                 let Ok(r) = ReadIn::decode(body) else {
                     return err(libc::EIO);
                 };
+                if let Some(name) = &self.stall_read
+                    && self.fs.node_name(h.nodeid).as_deref() == Some(name.as_str())
+                {
+                    return Outcome::Stall(name.clone());
+                }
                 match self.fs.read(h.nodeid, r.offset, r.size) {
                     Ok(data) => ok(data.bytes()),
                     Err(e) => err(e.errno()),
@@ -317,6 +421,10 @@ impl Server {
                 minor = k.minor,
                 "unsupported FUSE protocol version"
             );
+            self.settle_init(Err(format!(
+                "the kernel speaks FUSE {}.{}, at least 7.{MIN_MINOR} is needed",
+                k.major, k.minor
+            )));
             return err(libc::EPROTO);
         }
         let out = InitOut {
@@ -342,6 +450,22 @@ impl Server {
             debug!("repeated FUSE_INIT");
         }
         Outcome::Reply(abi::reply(unique, &out.encode()))
+    }
+}
+
+/// Test-only fault injection (`FAULT_STALL_READ_ENV`): the READ just read is never answered
+/// and this loop thread parks forever.
+fn stall(name: &str) -> ! {
+    warn!(
+        name,
+        "fault injection: stalling a READ (BAOFS_FAULT_STALL_READ)"
+    );
+    let _ = writeln!(
+        io::stderr(),
+        "baofs: fault injection: stalling READ of {name}"
+    );
+    loop {
+        std::thread::park();
     }
 }
 

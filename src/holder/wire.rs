@@ -7,8 +7,12 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Longest line either side accepts (the metadata is small; this bounds a hostile peer).
-pub const MAX_LINE: usize = 1024 * 1024;
+/// Longest line either side accepts. The metadata can be a whole checkpoint (about 1 MB for
+/// 1000 volumes); this bounds what a hostile peer can make us buffer.
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// Bytes read per `recvmsg`.
+const CHUNK: usize = 64 * 1024;
 
 /// Room for the control message of up to 4 fds (we use 1; extra ones a peer sends are closed).
 const CMSG_SPACE: usize = 64;
@@ -69,7 +73,8 @@ pub fn send_line(sock: BorrowedFd<'_>, line: &[u8], fd: Option<BorrowedFd<'_>>) 
 pub fn recv_line(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fds = Vec::new();
-    let mut buf = [0u8; 4096];
+    // On the heap: 64 KiB is a lot for a small thread stack.
+    let mut buf = vec![0u8; CHUNK];
     loop {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -123,16 +128,17 @@ pub fn recv_line(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
             ));
         }
         let chunk = &buf[..n];
-        if let Some(end) = chunk.iter().position(|&b| b == b'\n') {
-            line.extend_from_slice(&chunk[..end]);
-            return Ok((line, fds));
-        }
-        line.extend_from_slice(chunk);
-        if line.len() > MAX_LINE {
+        let end = chunk.iter().position(|&b| b == b'\n');
+        let part = &chunk[..end.unwrap_or(n)];
+        if line.len() + part.len() > MAX_LINE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("line longer than {MAX_LINE} bytes"),
             ));
+        }
+        line.extend_from_slice(part);
+        if end.is_some() {
+            return Ok((line, fds));
         }
     }
 }

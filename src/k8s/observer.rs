@@ -80,6 +80,21 @@ impl KubeObserver {
         })
     }
 
+    /// A Warning `FailedToMount` event on each pod whose volume was lost: its driver and the
+    /// holder both died, and the dead mount was detached at start. The pod must be recreated.
+    pub async fn report_lost(&self, lost: &[(PathBuf, crate::volume::PodInfo)]) {
+        for (target, pod) in lost {
+            let note = format!(
+                "the secrets volume at {} was lost: the driver and its fd holder both stopped, so \
+                 its FUSE connection ended; the dead mount was detached. Recreate the pod to mount it again",
+                target.display()
+            );
+            self.events
+                .emit(pod, true, super::events::FAILED_TO_MOUNT, "Mount", &note)
+                .await;
+        }
+    }
+
     /// Starts the retry and resync loop; it ends when the observer is dropped or the handle
     /// aborted.
     pub fn spawn_maintenance(self: &Arc<Self>, resync: Duration) -> JoinHandle<()> {

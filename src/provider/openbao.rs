@@ -22,7 +22,7 @@ pub mod kv;
 mod lease;
 mod shared;
 mod tls;
-mod version;
+pub mod version;
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -491,10 +491,28 @@ impl OpenBaoProvider {
     /// Builds the provider, its default HTTP client (rustls, the system's roots) and the
     /// process's object-version key.
     pub fn new(config: OpenBaoConfig) -> Result<Self, ProviderError> {
+        let versions = VersionKey::generate().map_err(ProviderError::Client)?;
+        Self::build(config, versions)
+    }
+
+    /// Like `new`, but with the version key of a predecessor process (`version_key()` of the
+    /// old process), so unchanged objects keep their versions across a restart.
+    pub fn with_version_key(
+        config: OpenBaoConfig,
+        key: zeroize::Zeroizing<[u8; version::KEY_BYTES]>,
+    ) -> Result<Self, ProviderError> {
+        Self::build(config, VersionKey::from_raw(key))
+    }
+
+    /// The version key, for a successor process. Never log or persist it.
+    pub fn version_key(&self) -> &[u8; version::KEY_BYTES] {
+        self.versions.raw()
+    }
+
+    fn build(config: OpenBaoConfig, versions: VersionKey) -> Result<Self, ProviderError> {
         let client = client_builder(&config)
             .build()
             .map_err(|e| ProviderError::Client(error_chain(&e)))?;
-        let versions = VersionKey::generate().map_err(ProviderError::Client)?;
         let share_window = config.share_window;
         Ok(Self {
             config,

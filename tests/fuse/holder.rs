@@ -1,10 +1,13 @@
 //! `baofs holder` against the real kernel, in-process FUSE server, no OpenBao: a hub served by
 //! the raw loop hands its `/dev/fuse` fd to a `baofs holder` child process over SCM_RIGHTS, then
-//! "crashes" (loops stopped, every fd of this process for the connection closed). The holder's
-//! fd alone keeps the connection alive: a read of an uncached name blocks instead of failing
-//! with ENOTCONN, and completes once a new loop adopts the fd fetched back from the holder.
+//! "crashes" mid-request (loops stopped, the LOOKUP of a pending read taken off the device and
+//! never answered, every fd of this process for the connection closed). The holder's fd alone
+//! keeps the connection alive: the read blocks instead of failing with ENOTCONN, and completes
+//! once `fuse::Hub::adopt` serves the fd fetched back from the holder: its FUSE_NOTIFY_RESEND
+//! queues the swallowed LOOKUP again (Linux 6.9+; without it the read would hang).
 
 use std::fs;
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use baofs::cache::{Layout, SecretCache};
 use baofs::fs::Fs;
-use baofs::fuse::mount;
-use baofs::fuse::raw::{ConnState, Server};
+use baofs::fuse::raw::{self, ConnState, Server, abi};
+use baofs::fuse::{Hub, mount};
 use baofs::holder;
 use baofs::spc::{ObjectSpec, SecretProviderClass};
 use baofs::volume::Ownership;
@@ -151,14 +154,12 @@ fn holder_keeps_the_connection_alive_across_a_driver_crash() {
         })
     };
     join_all("the first loops to stop", loops);
-    let crashed_at = Instant::now();
     stopped.store(true, Ordering::SeqCst);
     drop(first);
     let fd = Arc::try_unwrap(fd).expect("the loops are gone: this is the last Arc");
-    drop(fd);
 
-    // Not aborted: a read of a name the kernel never looked up blocks (ENOTCONN would come at
-    // once). Bounded check; see STILL_BLOCKED.
+    // Mid-request: a read of a name the kernel never looked up sends a LOOKUP; the dying server
+    // reads it off the device (and whatever the poker left queued) and never answers.
     let (tx, rx) = mpsc::channel();
     let reader = {
         let p = target.join("c");
@@ -166,39 +167,56 @@ fn holder_keeps_the_connection_alive_across_a_driver_crash() {
             let _ = tx.send((fs::read_to_string(&p), Instant::now()));
         })
     };
+    let mut dev = fs::File::from(fd);
+    let mut buf = vec![0u8; raw::BUFFER_SIZE];
+    let mut swallowed = 0;
+    loop {
+        let n = dev.read(&mut buf).expect("read a request off /dev/fuse");
+        swallowed += 1;
+        let h = abi::InHeader::decode(&buf[..n]).expect("request header");
+        let body = &buf[abi::IN_HEADER_LEN..n];
+        if h.opcode == abi::op::LOOKUP && abi::decode_name(body) == Ok(&b"c"[..]) {
+            break;
+        }
+    }
+    let crashed_at = Instant::now();
+    drop(dev);
+
+    // Not aborted: the read stays pending (ENOTCONN would come at once). Bounded check; see
+    // STILL_BLOCKED.
     match rx.recv_timeout(STILL_BLOCKED) {
         Err(mpsc::RecvTimeoutError::Timeout) => {}
         other => panic!("the read must block while nobody serves the connection: {other:?}"),
     }
 
-    // The successor: fetch the fd back and adopt the connection without INIT.
+    // The successor: fetch the fd back and adopt the connection without INIT; RESEND brings
+    // back the swallowed requests.
     let adopt_started = Instant::now();
     let (meta, fd) = holder::get(&sock, "hub").expect("get the hub fd");
     let got_at = Instant::now();
     let stored: ConnState = serde_json::from_value(meta["conn"].clone()).expect("stored state");
     assert_eq!(stored, conn);
     assert_eq!(meta["volumes"], serde_json::json!([VOLUME]));
-    let fd = Arc::new(fd);
-    let second = Arc::new(Server::new(
-        Arc::clone(&fs_),
-        ttl,
-        ConnState::adopted(stored.minor),
-    ));
-    let loops = spawn_loops(&second, &fd, 2);
-    let (result, done_at) = rx
-        .recv_timeout(TIMEOUT)
-        .expect("the blocked read completes");
+    let second = Hub::adopt(&hub, Arc::clone(&fs_), fd, stored, 2).expect("Hub::adopt");
+    assert_eq!(second.conn_state(), stored);
+    let (result, done_at) = rx.recv_timeout(TIMEOUT).expect(
+        "the blocked read completes (needs FUSE_NOTIFY_RESEND, Linux 6.9+, for the \
+         swallowed LOOKUP)",
+    );
     assert_eq!(result.expect("the blocked read succeeds"), "gamma");
     reader.join().unwrap();
-    poll_until("the queued poke to be answered", TIMEOUT, || {
-        poker.is_finished().then_some(())
-    });
+    poll_until(
+        "the swallowed or queued poke to be answered",
+        TIMEOUT,
+        || poker.is_finished().then_some(()),
+    );
     poker.join().unwrap();
     assert_eq!(read(&target.join("e")), "epsilon");
     assert_eq!(read(&target.join("a")), "alpha");
     eprintln!(
         "holder: gap crash->blocked read done {:?} (includes the {STILL_BLOCKED:?} deliberate \
-         wait); get {:?}; get+adopt->blocked read done {:?}; adopted loop served {:?}",
+         wait); get {:?}; get+adopt->blocked read done {:?}; {swallowed} request(s) resent; \
+         adopted hub served {:?}",
         done_at - crashed_at,
         got_at - adopt_started,
         done_at - adopt_started,
@@ -206,10 +224,8 @@ fn holder_keeps_the_connection_alive_across_a_driver_crash() {
     );
 
     // Clean up: unmount (the loops end with ENODEV), drop the holder entry, stop the holder.
-    assert_eq!(mount::unmount(&target).unwrap(), mount::Unmounted::Clean);
-    assert_eq!(mount::unmount(&hub).unwrap(), mount::Unmounted::Clean);
-    join_all("the adopted loops to end after unmount", loops);
-    drop(fd);
+    assert_eq!(second.unbind(&target).unwrap(), mount::Unmounted::Clean);
+    assert_eq!(second.shutdown(TIMEOUT).unwrap(), mount::Unmounted::Clean);
     holder::drop_fd(&sock, "hub").expect("drop the hub fd");
     assert!(holder::list(&sock).unwrap().is_empty());
     let mut child = cleanup.holder.take().expect("holder child");

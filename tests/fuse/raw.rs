@@ -3,7 +3,9 @@
 //! rotation announced with our own FUSE_NOTIFY_DELETE encoding, and then the point of the loop:
 //! the serving threads stop without closing the connection and a new loop adopts the
 //! already-initialized fd (no INIT) and keeps serving, including a request that was queued
-//! while nobody was reading.
+//! while nobody was reading. Also `fuse::Hub::mount`, which runs the hub on these loops: INIT
+//! answered before it returns, named threads, a rotation through the invalidator thread, and
+//! shutdown.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -16,9 +18,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use baofs::cache::{Layout, SecretCache};
-use baofs::fs::Fs;
-use baofs::fuse::mount;
+use baofs::fs::{Fs, Invalidation};
 use baofs::fuse::raw::{self, ConnState, Server};
+use baofs::fuse::{Hub, mount};
 use baofs::provider::FetchedObject;
 use baofs::secret::SecretBytes;
 use baofs::spc::{ObjectSpec, SecretProviderClass};
@@ -302,4 +304,104 @@ fn raw_loop_serves_a_fresh_hub_and_adopts_it_without_init() {
     assert_eq!(mount::unmount(&target).unwrap(), mount::Unmounted::Clean);
     assert_eq!(mount::unmount(&hub).unwrap(), mount::Unmounted::Clean);
     join_all("the adopted loops to end after unmount", loops);
+}
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_owned())
+        .collect()
+}
+
+#[test]
+fn hub_mount_serves_on_the_raw_loop_and_shuts_down() {
+    if !setup() {
+        return;
+    }
+    let dir = PathBuf::from("/tmp").join(unique("baofs-rawhub"));
+    let (hub_dir, target) = (dir.join("hub"), dir.join("target"));
+    fs::create_dir_all(&hub_dir).unwrap();
+    fs::create_dir_all(&target).unwrap();
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        target: target.clone(),
+        hub: hub_dir.clone(),
+    };
+    let objs = objects();
+    let cache = Arc::new(SecretCache::new());
+    let vol = cache
+        .insert(
+            VOLUME,
+            Layout::new(VOLUME, &objs).unwrap(),
+            Ownership { uid: 0, gid: 0 },
+            values(&objs, &["alpha", "beta", "gamma", "epsilon"]),
+        )
+        .unwrap();
+    let fs_ = Arc::new(Fs::new(Arc::clone(&cache)));
+
+    // INIT is answered before `mount` returns.
+    let hub = Hub::mount(&hub_dir, Arc::clone(&fs_), 3).expect("Hub::mount");
+    let state = hub.conn_state();
+    assert!(state.is_initialized(), "INIT answered: {state:?}");
+    assert!(state.minor >= raw::MIN_MINOR && state.minor <= raw::SUPPORTED_MINOR);
+    let names = thread_names();
+    for n in [
+        "baofs-fuse-0",
+        "baofs-fuse-1",
+        "baofs-fuse-2",
+        "baofs-inval",
+    ] {
+        assert!(names.iter().any(|t| t == n), "thread {n} in {names:?}");
+    }
+    assert_eq!(hub.dir(), hub_dir);
+    drop(hub.fd().try_clone_to_owned().expect("dup the hub fd"));
+
+    hub.bind(VOLUME, &target).expect("bind");
+    assert_eq!(read(&target.join("a")), "alpha");
+    assert_eq!(read(&target.join("sub/b")), "beta");
+    assert_eq!(fs::metadata(target.join("a")).unwrap().mode(), 0o100600);
+    assert_eq!(
+        fs::write(target.join("a"), b"x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS)
+    );
+
+    // A rotation announced by the invalidator thread; an fd opened before keeps its bytes.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut old = fs::File::open(target.join("a")).unwrap();
+    let changes = vol
+        .replace(values(&objs, &["alpha-2", "beta", "gamma", "epsilon"]))
+        .unwrap();
+    let inval = fs_.invalidations(&changes);
+    assert!(!inval.is_empty());
+    rt.block_on(hub.invalidator().invalidate(inval));
+    assert_eq!(read(&target.join("a")), "alpha-2");
+    let mut s = String::new();
+    old.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "alpha");
+    drop(old);
+    // An entry the kernel does not have (unknown parent: ENOENT) is not an error and completes.
+    rt.block_on(hub.invalidator().invalidate(vec![Invalidation {
+        parent: u64::MAX - 1,
+        child: u64::MAX - 2,
+        name: "absent".into(),
+    }]));
+
+    let [lookup, _, read_n, _, _, _] = hub.request_counts().snapshot();
+    assert!(
+        lookup >= 3 && read_n >= 3,
+        "counted: {:?}",
+        hub.request_counts().snapshot()
+    );
+    assert_eq!(hub.unbind(&target).unwrap(), mount::Unmounted::Clean);
+    assert_eq!(hub.shutdown(TIMEOUT).unwrap(), mount::Unmounted::Clean);
+    assert!(
+        !mount::is_mount_point(&hub_dir).unwrap(),
+        "the hub is unmounted"
+    );
 }

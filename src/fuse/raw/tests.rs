@@ -253,7 +253,7 @@ fn server(state: ConnState) -> (Server, u64) {
 fn reply_of(o: Outcome) -> Vec<u8> {
     match o {
         Outcome::Reply(r) | Outcome::ReplyAndStop(r) => r,
-        Outcome::Silent => panic!("no reply"),
+        other => panic!("no reply: {other:?}"),
     }
 }
 
@@ -373,4 +373,48 @@ fn conn_state_persists_as_plain_data() {
     assert_eq!(serde_json::from_str::<ConnState>(&json).unwrap(), s);
     assert!(!ConnState::fresh().is_initialized());
     let _ = SystemTime::now();
+}
+
+#[test]
+fn wait_init_reports_adopted_refused_and_timed_out() {
+    let (s, _) = server(ConnState::adopted(40));
+    assert_eq!(s.wait_init(Duration::ZERO).unwrap(), ConnState::adopted(40));
+    let (s, _) = server(ConnState::fresh());
+    let e = s.wait_init(Duration::from_millis(10)).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    // A refused INIT settles at once, as an error naming the versions.
+    let mut init = Vec::new();
+    for v in [7u32, 8, 0x20000, 0] {
+        init.extend_from_slice(&v.to_le_bytes());
+    }
+    let _ = s.handle(&header(op::INIT, 1, 0, &init));
+    let e = s.wait_init(Duration::from_secs(5)).unwrap_err().to_string();
+    assert!(e.contains("7.8"), "{e}");
+}
+
+#[test]
+fn fault_injection_stalls_only_reads_of_the_named_file() {
+    let (mut s, vol) = server(ConnState::adopted(40));
+    s.stall_read = Some("b".into());
+    let lookup = |parent, name: &[u8]| {
+        let r = reply_of(s.handle(&header(op::LOOKUP, 2, parent, name)));
+        decode_attr(&r[16 + 40..]).unwrap().ino
+    };
+    let a = lookup(vol, b"a\0");
+    let d = lookup(vol, b"d\0");
+    let b = lookup(d, b"b\0");
+    assert_eq!(s.fs.node_name(b).as_deref(), Some("b"));
+    assert_eq!(s.fs.node_name(d).as_deref(), Some("d"));
+    assert_eq!(s.fs.node_name(crate::fs::ROOT_INO), None);
+    let read = ReadIn {
+        fh: 0,
+        offset: 0,
+        size: 100,
+    };
+    assert_eq!(
+        s.handle(&header(op::READ, 3, b, &read.encode())),
+        Outcome::Stall("b".into())
+    );
+    let r = reply_of(s.handle(&header(op::READ, 4, a, &read.encode())));
+    assert_eq!(&r[16..], b"alpha");
 }

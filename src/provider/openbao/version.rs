@@ -22,17 +22,38 @@ use crate::spc::ObjectSpec;
 /// Bytes of the HMAC tag kept in a version (128 bits: collisions are out of reach).
 const TAG_BYTES: usize = 16;
 
-/// The process's version key.
-pub(crate) struct VersionKey(hmac::Key);
+/// Bytes of a version key.
+pub const KEY_BYTES: usize = 32;
+
+/// The process's version key. The raw bytes are kept (zeroized on drop) only so a successor
+/// process can be handed the same key after a restart (see `takeover`): versions then stay
+/// stable across restarts, which is how the successor knows a file did not change.
+pub(crate) struct VersionKey {
+    key: hmac::Key,
+    raw: Zeroizing<[u8; KEY_BYTES]>,
+}
 
 impl VersionKey {
     /// Draws a fresh random key. Fails only if the system's random source does.
     pub(crate) fn generate() -> Result<Self, String> {
-        let mut raw = Zeroizing::new([0u8; 32]);
+        let mut raw = Zeroizing::new([0u8; KEY_BYTES]);
         SystemRandom::new()
             .fill(&mut raw[..])
             .map_err(|_| "the system random source failed".to_owned())?;
-        Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, &raw[..])))
+        Ok(Self::from_raw(raw))
+    }
+
+    /// The key a predecessor process used.
+    pub(crate) fn from_raw(raw: Zeroizing<[u8; KEY_BYTES]>) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &raw[..]),
+            raw,
+        }
+    }
+
+    /// The raw key, to hand to a successor.
+    pub(crate) fn raw(&self) -> &[u8; KEY_BYTES] {
+        &self.raw
     }
 
     /// The version of `object` holding `content`; `kv2_version` is the KV v2 secret's
@@ -43,7 +64,7 @@ impl VersionKey {
         content: &[u8],
         kv2_version: Option<u64>,
     ) -> String {
-        let mut ctx = hmac::Context::with_key(&self.0);
+        let mut ctx = hmac::Context::with_key(&self.key);
         let args = object
             .secret_args
             .as_ref()
