@@ -60,6 +60,9 @@ pub enum CsiAppError {
     /// The socket could not be set up or served.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// A running driver owns the state directory and this one cannot take over from it.
+    #[error("a running baofs csi serves this --state-dir and its hub cannot be taken over: {0}")]
+    Takeover(#[from] takeover::TakeoverError),
     /// Installing signal handlers failed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
@@ -271,6 +274,14 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
         match takeover::fetch(&args.state_dir) {
             Ok(h) => h,
             Err(e) => {
+                // A running driver still serves it: never pull its mounts from under it.
+                if std::os::unix::net::UnixStream::connect(takeover::handoff_socket(
+                    &args.state_dir,
+                ))
+                .is_ok()
+                {
+                    return Err(CsiAppError::Takeover(e));
+                }
                 warn!(error = %e, "cannot take over the hub the holder keeps: releasing it (its mounts are detached)");
                 takeover::abandon(&args.state_dir);
                 None

@@ -789,7 +789,7 @@ impl Readers {
 
     /// Polls until an operation has been in flight for [`BLOCKED`] (the gap is observed).
     /// Fails at once if a reader saw an error instead (ENOTCONN: the connection died).
-    fn wait_blocked(&self) -> Duration {
+    fn wait_blocked(&self) {
         let start = Instant::now();
         loop {
             let errors = self.errors();
@@ -800,7 +800,7 @@ impl Readers {
             );
             let inflight = self.longest_in_flight();
             if inflight >= BLOCKED {
-                return start.elapsed();
+                return;
             }
             assert!(
                 start.elapsed() < DEADLINE,
@@ -960,7 +960,8 @@ async fn sigkill_driver_keeps_every_volume_readable() {
     d1.kill_group();
     let killed_at = Instant::now();
     drop_caches();
-    let blocked_after = readers.wait_blocked();
+    readers.wait_blocked();
+    let blocked_after = killed_at.elapsed();
 
     let mut d2 = n.spawn_driver("driver-2", &[]);
     let lines = d2.wait_serving();
@@ -976,7 +977,7 @@ async fn sigkill_driver_keeps_every_volume_readable() {
     let report = readers.stop();
     eprintln!(
         "restart (sigkill): measured gap = max single-operation latency {:?} ({}); reader \
-         blocked {blocked_after:?} after the kill; successor serving {serving_after:?} after the \
+         seen blocked for {BLOCKED:?} at {blocked_after:?} after the kill; successor serving {serving_after:?} after the \
          kill; iterations {:?}",
         report.max_latency, report.slowest, report.iterations
     );
@@ -1144,8 +1145,16 @@ async fn planned_handoff_measures_the_gap() {
     let report = readers.stop();
     eprintln!(
         "restart (handoff): successor's gap {gap} ms; readers' max single-operation latency {:?} \
-         ({}); successor serving {serving_after:?} after it started; iterations {:?}",
-        report.max_latency, report.slowest, report.iterations
+         ({}); successor serving {serving_after:?} after it started; iterations {:?}; handoff \
+         triggered by {}",
+        report.max_latency,
+        report.slowest,
+        report.iterations,
+        if sigtermed {
+            "SIGTERM to the running driver"
+        } else {
+            "the successor's start alone"
+        }
     );
     assert_no_read_errors(&report);
     assert_eq!(mount_ids(&vols), ids, "a target was remounted");
