@@ -15,7 +15,12 @@
 #   - the chart's files/crds/ equals deploy/crds/
 #   - helm lint --strict, for the default and every non-default values case below
 #   - helm template for each case; expected properties of the rendered objects (CSIDriver,
-#     DaemonSet, RBAC rules per feature, paths); refusals of bad values
+#     DaemonSets, RBAC rules per feature, paths); refusals of bad values. The restart-survival
+#     contract (docs/deployment.md): with holder.enabled a holder DaemonSet with OnDelete,
+#     unprivileged (no capability, read-only root, RuntimeDefault seccomp, no token), on the
+#     driver's nodes, sharing the driver's state-dir hostPath; the driver rolling with maxSurge
+#     1 / maxUnavailable 0 (OnDelete without the holder, the value as given when set); the
+#     registrar's /healthz liveness probe; no preStop hook and no unmount command anywhere
 #   - every rendered built-in object, and every built-in object in examples/, validated with
 #     kubernetes-validate -k 1.37.0 --strict
 #   - deploy/manifests/baofs.yaml equals the default rendering
@@ -193,6 +198,9 @@ CASES=(
     "no-csidriver-no-rbac|$KUBE_SCHEMA|--set csiDriver.create=false --set rbac.install=false"
     "rolling-extras|$KUBE_SCHEMA|-f $WORK/extras.yaml"
     "release-name-other|$KUBE_SCHEMA|--set-string linux.image.tag=v9.9.9 --set linux.metricsAddr= --set linux.priorityClassName="
+    "holder-disabled|$KUBE_SCHEMA|--set holder.enabled=false"
+    "holder-disabled-rolling|$KUBE_SCHEMA|--set holder.enabled=false --set linux.updateStrategy.type=RollingUpdate"
+    "holder-pinned|$KUBE_SCHEMA|--set holder.image.repository=registry.example/baofs --set-string holder.image.tag=v0.0.9 --set holder.waitSeconds=0 --set stateDir=/var/run/baofs-state --set linux.registrar.healthPort=9900"
 )
 cat >"$WORK/extras.yaml" <<'EOF'
 linux:
@@ -338,8 +346,35 @@ else:
     for k in ("ClusterRole", "ClusterRoleBinding", "ServiceAccount"):
         expect(k not in by_kind, f"{k} rendered with rbac.install=false")
 
-# DaemonSet
-ds = one("DaemonSet")
+# DaemonSets: the driver, and with holder.enabled the holder.
+holder_on = case not in ("holder-disabled", "holder-disabled-rolling")
+state_dir = "/var/run/baofs-state" if case == "holder-pinned" else "/run/baofs"
+fullname = "secrets-baofs" if case == "release-name-other" else "baofs"
+daemonsets = {d["metadata"]["name"]: d for d in by_kind.get("DaemonSet", [])}
+want_ds = [fullname] + ([fullname + "-holder"] if holder_on else [])
+expect(sorted(daemonsets) == sorted(want_ds), f"DaemonSets {sorted(daemonsets)} != {sorted(want_ds)}")
+ds = daemonsets.get(fullname)
+
+def all_containers(pod_spec):
+    return pod_spec.get("initContainers", []) + pod_spec.get("containers", [])
+
+# No preStop hook and no unmount command in any container of any workload (mounts must outlive
+# every container; docs/deployment.md).
+for d in docs:
+    tpl = d.get("spec", {}).get("template", {}).get("spec")
+    if not tpl:
+        continue
+    for c in all_containers(tpl):
+        expect("preStop" not in (c.get("lifecycle") or {}), f"{d['metadata']['name']}/{c['name']} has a preStop hook")
+        words = " ".join(c.get("command", []) + c.get("args", []))
+        for bad in ("umount", "fusermount"):
+            expect(bad not in words, f"{d['metadata']['name']}/{c['name']} runs {bad}")
+        for port in c.get("ports", []):
+            # Two driver pods share a node during a surge: no host ports.
+            expect("hostPort" not in port, f"{d['metadata']['name']}/{c['name']} has a hostPort")
+    expect(not tpl.get("hostNetwork") and not tpl.get("hostPID") and not tpl.get("hostIPC"),
+           f"{d['metadata']['name']} uses a host namespace")
+
 if ds:
     spec = ds["spec"]["template"]["spec"]
     cs = {c["name"]: c for c in spec["containers"]}
@@ -358,7 +393,7 @@ if ds:
     expect(arg("--rotation-poll-interval") == ("30s" if case == "rotation-30s-json-debug" else "2m"),
            "--rotation-poll-interval")
     expect(arg("--metrics-addr") == ("" if case == "release-name-other" else ":8095"), "--metrics-addr")
-    expect(arg("--state-dir") == "/run/baofs", "--state-dir")
+    expect(arg("--state-dir") == state_dir, "--state-dir")
     expect(arg("--log-level") == ("debug" if case == "rotation-30s-json-debug" else "info"), "--log-level")
     expect(("--log-format-json" in args) == (case == "rotation-30s-json-debug"), "--log-format-json")
     if case == "rolling-extras":
@@ -371,7 +406,10 @@ if ds:
     expect(mounts.get("mountpoint-dir", {}).get("mountPath") == f"{root}/pods", "pods dir mount path")
     expect(mounts.get("mountpoint-dir", {}).get("mountPropagation") == "Bidirectional", "Bidirectional")
     expect(mounts.get("plugin-dir", {}).get("mountPath") == "/csi", "/csi")
-    expect(mounts.get("state-dir", {}).get("mountPath") == "/run/baofs", "state dir mount")
+    expect(mounts.get("state-dir", {}).get("mountPath") == state_dir, "state dir mount")
+    # With the holder the hub mount must outlive the container (successors bind from it).
+    expect(mounts.get("state-dir", {}).get("mountPropagation") == ("Bidirectional" if holder_on else None),
+           f"state dir propagation {mounts.get('state-dir')}")
     expect(mounts.get("fuse-device", {}).get("mountPath") == "/dev/fuse", "/dev/fuse mount")
     for other in ("node-driver-registrar", "liveness-probe"):
         sc = cs.get(other, {}).get("securityContext", {})
@@ -383,11 +421,25 @@ if ds:
     expect(vols.get("plugin-dir", {}).get("path") == plugin + "/", f"plugin dir {vols.get('plugin-dir')}")
     expect(vols.get("registration-dir", {}).get("path") == f"{root}/plugins_registry/", "registration dir")
     expect(vols.get("mountpoint-dir", {}).get("path") == f"{root}/pods", "pods dir")
-    expect(vols.get("state-dir", {}).get("path") == "/run/baofs", "state dir")
+    expect(vols.get("state-dir") == {"path": state_dir, "type": "DirectoryOrCreate"}, f"state dir {vols.get('state-dir')}")
     expect(vols.get("fuse-device") == {"path": "/dev/fuse", "type": "CharDevice"}, "/dev/fuse hostPath")
     reg = cs.get("node-driver-registrar", {}).get("args", [])
     expect(f"--kubelet-registration-path={plugin}/csi.sock" in reg, f"registrar args {reg}")
     expect("--csi-address=/csi/csi.sock" in reg, "registrar --csi-address")
+    # The registrar's /healthz (404 once its registration socket is gone) restarts it, so it
+    # registers again after the old pod of a surge removed the shared socket. Its
+    # --mode=kubelet-registration-probe is a no-op since v2.9.0 and must not be the probe.
+    hz = 9900 if case == "holder-pinned" else 9809
+    regc = cs.get("node-driver-registrar", {})
+    expect(f"--http-endpoint=:{hz}" in reg, f"registrar --http-endpoint {reg}")
+    expect({p["name"]: p["containerPort"] for p in regc.get("ports", [])} == {"registrar-hz": hz},
+           f"registrar ports {regc.get('ports')}")
+    for probe in ("livenessProbe", "startupProbe"):
+        g = regc.get(probe, {}).get("httpGet", {})
+        expect(g == {"path": "/healthz", "port": "registrar-hz"}, f"registrar {probe} {regc.get(probe)}")
+    expect(regc.get("livenessProbe", {}).get("failureThreshold", 0) * regc.get("livenessProbe", {}).get("periodSeconds", 0) <= 30,
+           "registrar liveness reacts within 30 s")
+    expect("kubelet-registration-probe" not in str(regc), "registrar still uses the no-op kubelet-registration-probe")
     lp = cs.get("liveness-probe", {}).get("args", [])
     expect("--http-endpoint=0.0.0.0:9808" in lp and "--csi-address=/csi/csi.sock" in lp, f"livenessprobe args {lp}")
     for probe in ("livenessProbe", "readinessProbe"):
@@ -400,9 +452,32 @@ if ds:
     expect(spec.get("nodeSelector", {}).get("kubernetes.io/os") == "linux", "nodeSelector os")
     expect(spec.get("priorityClassName") == (None if case == "release-name-other" else "system-node-critical"),
            "priorityClassName")
-    strategy = ds["spec"]["updateStrategy"]["type"]
-    expect(strategy == ("RollingUpdate" if case == "rolling-extras" else "OnDelete"), f"updateStrategy {strategy}")
-    for c in spec["containers"]:
+    strategy = ds["spec"]["updateStrategy"]
+    if case == "rolling-extras":      # set explicitly: used as given
+        want = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    elif case == "holder-disabled-rolling":
+        want = {"type": "RollingUpdate"}
+    elif holder_on:                   # KEP-1591 surge: the new pod takes over from the old one
+        want = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    else:                             # no holder: a driver restart breaks the node's mounts
+        want = {"type": "OnDelete"}
+    expect(strategy == want, f"driver updateStrategy {strategy} != {want}")
+    inits = {c["name"]: c for c in spec.get("initContainers", [])}
+    if holder_on and case != "holder-pinned":
+        w = inits.get("wait-for-holder", {})
+        expect(list(inits) == ["wait-for-holder"], f"init containers {list(inits)}")
+        expect(w.get("command", [])[:2] == ["/bin/sh", "-c"] and w.get("command", [])[3:] == [state_dir, "60"],
+               f"wait-for-holder command {w.get('command')}")
+        expect("holder.sock" in (w.get("command") or ["", "", ""])[2], "wait-for-holder waits for holder.sock")
+        wsc = w.get("securityContext", {})
+        expect(not wsc.get("privileged") and wsc.get("allowPrivilegeEscalation") is False
+               and wsc.get("readOnlyRootFilesystem") is True and wsc.get("capabilities") == {"drop": ["ALL"]},
+               f"wait-for-holder securityContext {wsc}")
+        expect(w.get("volumeMounts") == [{"name": "state-dir", "mountPath": state_dir, "readOnly": True}],
+               f"wait-for-holder mounts {w.get('volumeMounts')}")
+    else:
+        expect(not inits, f"init containers without a holder to wait for: {list(inits)}")
+    for c in all_containers(spec):
         img = c["image"]
         tag = img.rsplit(":", 1)[-1] if ":" in img.split("/")[-1] else ""
         expect(tag and tag != "latest", f"image without an exact tag: {img}")
@@ -413,6 +488,59 @@ if ds:
         expect(b["image"] == "baofs:0.1.0", f"image {b['image']}")
     if rbac:
         expect(spec.get("serviceAccountName") == ds["metadata"]["name"], "serviceAccountName")
+
+# The holder DaemonSet.
+hd = daemonsets.get(fullname + "-holder")
+if hd and ds:
+    hs = hd["spec"]["template"]["spec"]
+    dspec = ds["spec"]["template"]["spec"]
+    # OnDelete, always: stopping the holder aborts the connections it keeps.
+    expect(hd["spec"]["updateStrategy"] == {"type": "OnDelete"}, f"holder updateStrategy {hd['spec']['updateStrategy']}")
+    # Selectors never match the other DaemonSet's pods.
+    def matches(sel, labels):
+        return all(labels.get(k) == v for k, v in sel.items())
+    hsel, dsel = hd["spec"]["selector"]["matchLabels"], ds["spec"]["selector"]["matchLabels"]
+    expect(matches(hsel, hd["spec"]["template"]["metadata"]["labels"]), "holder selector does not match its pods")
+    expect(not matches(hsel, ds["spec"]["template"]["metadata"]["labels"]), "holder selector matches driver pods")
+    expect(not matches(dsel, hd["spec"]["template"]["metadata"]["labels"]), "driver selector matches holder pods")
+    expect(dsel == {"app.kubernetes.io/name": "baofs", "app.kubernetes.io/instance": "secrets" if case == "release-name-other" else "baofs"},
+           f"driver selector changed (immutable on upgrade): {dsel}")
+    # On the driver's nodes.
+    for k in ("tolerations", "nodeSelector", "affinity", "priorityClassName"):
+        expect(hs.get(k) == dspec.get(k), f"holder {k} {hs.get(k)} != driver's {dspec.get(k)}")
+    # Needs no API access and no privilege.
+    expect(hs.get("automountServiceAccountToken") is False, "holder mounts a service-account token")
+    expect(hs.get("hostUsers") is not False, "holder in a user namespace (the peer uid check needs the host's)")
+    psc = hs.get("securityContext", {})
+    expect(psc.get("runAsUser") == 0 and psc.get("seccompProfile") == {"type": "RuntimeDefault"},
+           f"holder pod securityContext {psc}")
+    hcs = hs.get("containers", [])
+    expect([c["name"] for c in hcs] == ["holder"] and not hs.get("initContainers"), "holder containers")
+    h = hcs[0] if hcs else {}
+    expect(h.get("args") == ["holder", f"--state-dir={state_dir}",
+                             "--log-level=" + ("debug" if case == "rotation-30s-json-debug" else "info")]
+           + (["--log-format-json"] if case == "rotation-30s-json-debug" else []), f"holder args {h.get('args')}")
+    expect("command" not in h, "holder overrides the image's entrypoint")
+    want_img = {"holder-pinned": "registry.example/baofs:v0.0.9", "release-name-other": "baofs:v9.9.9"}.get(case, "baofs:0.1.0")
+    expect(h.get("image") == want_img, f"holder image {h.get('image')} != {want_img}")
+    csc = h.get("securityContext", {})
+    expect(csc.get("privileged") is False and csc.get("allowPrivilegeEscalation") is False
+           and csc.get("readOnlyRootFilesystem") is True and csc.get("capabilities") == {"drop": ["ALL"]},
+           f"holder container securityContext {csc}")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        expect(probe not in h, f"holder has a {probe} (a restart would abort its connections)")
+    # Shares the driver's state directory: same hostPath, same path inside, same --state-dir.
+    hvols = {v["name"]: v for v in hs.get("volumes", [])}
+    expect(list(hvols) == ["state-dir"], f"holder volumes {list(hvols)}")
+    dvols = {v["name"]: v for v in dspec.get("volumes", [])}
+    expect(hvols.get("state-dir", {}).get("hostPath") == dvols.get("state-dir", {}).get("hostPath")
+           == {"path": state_dir, "type": "DirectoryOrCreate"},
+           f"holder/driver state-dir hostPath {hvols.get('state-dir')} / {dvols.get('state-dir')}")
+    expect(h.get("volumeMounts") == [{"name": "state-dir", "mountPath": state_dir, "mountPropagation": "HostToContainer"}],
+           f"holder mounts {h.get('volumeMounts')}")
+    expect(hs.get("terminationGracePeriodSeconds") == 10, "holder terminationGracePeriodSeconds")
+    r = h.get("resources", {})
+    expect(r.get("requests") == {"cpu": "5m", "memory": "16Mi"}, f"holder requests {r.get('requests')}")
 
 if errors:
     print("\n".join(errors))
@@ -455,7 +583,8 @@ for c in "${CASES[@]}"; do
     fi
 done
 
-check "refuses holder.enabled=true" refuses "no FUSE fd holder" --set holder.enabled=true
+check "refuses holder.waitSeconds=-1" refuses "waitSeconds" --set holder.waitSeconds=-1
+check "refuses linux.updateStrategy.type=Recreate" refuses "updateStrategy" --set linux.updateStrategy.type=Recreate
 check "refuses empty tokenRequests" refuses "tokenRequests" --set-json 'tokenRequests=[]'
 check "refuses a duplicate audience" refuses "each audience may appear once" \
     --set-json 'tokenRequests=[{"audience":"openbao"},{"audience":"openbao"}]'

@@ -41,6 +41,42 @@ name (same registration path as the Secrets Store CSI Driver), plugins/<driverNa
 {{- end -}}
 {{- end -}}
 
+{{/*
+The holder DaemonSet's labels. Its selector (name baofs-holder) and the driver's (name baofs)
+never match each other's pods; the driver's selector is immutable, so it stays as it was.
+*/}}
+{{- define "baofs.holderSelectorLabels" -}}
+app.kubernetes.io/name: baofs-holder
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "baofs.holderLabels" -}}
+{{ include "baofs.holderSelectorLabels" . }}
+app.kubernetes.io/component: holder
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: baofs
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/*
+The driver DaemonSet's updateStrategy: linux.updateStrategy when set; else, with the holder, a
+surge (the new pod takes the volumes over from the old one, KEP-1591); without it, OnDelete
+(a driver restart would break the node's mounts).
+*/}}
+{{- define "baofs.driverUpdateStrategy" -}}
+{{- if .Values.linux.updateStrategy -}}
+{{ toYaml .Values.linux.updateStrategy }}
+{{- else if .Values.holder.enabled -}}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- else -}}
+type: OnDelete
+{{- end -}}
+{{- end -}}
+
 {{- define "baofs.serviceAccountName" -}}
 {{ include "baofs.fullname" . }}
 {{- end -}}
@@ -61,9 +97,6 @@ name (same registration path as the Secrets Store CSI Driver), plugins/<driverNa
 
 {{/* Refusals: configurations that would deploy and then fail every mount. */}}
 {{- define "baofs.validate" -}}
-{{- if .Values.holder.enabled -}}
-{{- fail "holder.enabled: baofs has no FUSE fd holder yet (restart-survival issue); leave it false" -}}
-{{- end -}}
 {{- $audiences := list -}}
 {{- range .Values.tokenRequests }}{{ $audiences = append $audiences .audience }}{{ end -}}
 {{- if not $audiences -}}
