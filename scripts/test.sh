@@ -76,7 +76,7 @@ leftover_processes() {
     for p in /proc/[0-9]*; do
         cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
         case "$cmd" in
-        *baofs*" mount "*"$WORK/"* | *baofs*" csi "*"$WORK/"*) echo "${p#/proc/}" ;;
+        *baofs*" mount "*"$WORK/"* | *baofs*" csi "*"$WORK/"* | *baofs*" holder "*"$WORK/"*) echo "${p#/proc/}" ;;
         esac
     done
 }

@@ -318,6 +318,15 @@ impl CachedVolume {
     }
 }
 
+impl CachedVolume {
+    /// What a predecessor served for file `node`, while this restored volume has no value for
+    /// it yet (so a checkpoint taken meanwhile still names the kernel's inode).
+    pub fn prior_version(&self, node: u16) -> Option<PriorVersion> {
+        let prior = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        prior.as_ref()?.get(usize::from(node))?.clone()
+    }
+}
+
 fn next_generation(g: u32) -> u32 {
     if g >= MAX_GENERATION { 1 } else { g + 1 }
 }

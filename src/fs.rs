@@ -392,8 +392,10 @@ impl Fs {
     }
 
     /// The notifications that make every file of volume `slot` drop an entry the kernel may
-    /// have cached for `generation + 1` of `generations`: a version a crashed predecessor
-    /// handed out before checkpointing it. Harmless when the kernel holds no such entry.
+    /// have cached for `generation + 1` or `+ 2` of `generations`: versions a crashed process
+    /// handed out before checkpointing them (a predecessor between its snapshot swap and its
+    /// checkpoint; a successor that died during its takeover). Harmless when the kernel holds
+    /// no such entry: it only drops a dentry that names exactly that inode.
     pub fn restart_invalidations(
         &self,
         slot: u32,
@@ -403,19 +405,25 @@ impl Fs {
             return Vec::new();
         };
         let current = vol.snapshot();
-        generations
-            .iter()
-            .filter_map(|&(node, generation)| {
-                let ghost = if generation >= crate::cache::MAX_GENERATION {
-                    1
-                } else {
-                    generation + 1
-                };
-                if current.version(node).map(|v| v.generation) == Some(ghost) {
-                    return None;
+        let next = |g: u32| {
+            if g >= crate::cache::MAX_GENERATION {
+                1
+            } else {
+                g + 1
+            }
+        };
+        let mut out = Vec::new();
+        for &(node, generation) in generations {
+            let Some(n) = vol.layout.node(node) else {
+                continue;
+            };
+            let now = current.version(node).map(|v| v.generation);
+            let first = next(generation);
+            for ghost in [first, next(first)] {
+                if now == Some(ghost) {
+                    continue;
                 }
-                let n = vol.layout.node(node)?;
-                Some(Invalidation {
+                out.push(Invalidation {
                     parent: Ino {
                         slot,
                         node: n.parent,
@@ -429,9 +437,10 @@ impl Fs {
                     }
                     .encode(),
                     name: n.name.clone(),
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        out
     }
 
     /// Attributes of `ino`.
@@ -675,8 +684,8 @@ mod tests {
         assert_eq!(read_all(&fs, old), b"old");
         // A ghost generation 4 may be cached by the kernel: it gets a delete notification.
         let ghosts = fs.restart_invalidations(9, &[(node, 3)]);
-        assert_eq!(ghosts.len(), 1);
-        assert_eq!(ghosts[0].child & 0xff_ffff, 4);
+        let gens: Vec<u64> = ghosts.iter().map(|g| g.child & 0xff_ffff).collect();
+        assert_eq!(gens, [4, 5]);
         // A rotation retires the inherited inode although we never handed it out ...
         let cs = vol.replace(fetched(&objs, &["new"])).expect("replace");
         let inv = fs.invalidations(&cs);

@@ -1027,13 +1027,21 @@ impl CheckpointSource for Publisher {
             let files = (0..cached.layout.len())
                 .filter_map(|i| {
                     let node = u16::try_from(i).ok()?;
-                    let v = snap.version(node)?;
-                    Some(FileRecord {
-                        node,
-                        generation: v.generation,
-                        version: v.id.clone(),
-                        fetched_at: v.fetched_at,
-                    })
+                    match snap.version(node) {
+                        Some(v) => Some(FileRecord {
+                            node,
+                            generation: v.generation,
+                            version: v.id.clone(),
+                            fetched_at: v.fetched_at,
+                        }),
+                        // Restored without values yet: keep what the predecessor served.
+                        None => cached.prior_version(node).map(|p| FileRecord {
+                            node,
+                            generation: p.generation,
+                            version: p.id,
+                            fetched_at: p.fetched_at,
+                        }),
+                    }
                 })
                 .collect();
             let kind = match &spec.credentials {

@@ -936,4 +936,113 @@ mod tests {
         assert!(!dbg.contains("eyJ") && !dbg.contains("s.tok"), "{dbg}");
         assert!(Secrets::decode(b"garbage").is_none());
     }
+
+    const SPC: &str = "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\n\
+        metadata:\n  name: app\nspec:\n  provider: openbao\n  parameters:\n    roleName: r\n\
+        \x20   objects: |\n      - {objectName: a, secretPath: secret/data/a}\n";
+
+    fn record(name: &str, manifest: usize) -> VolumeRecord {
+        VolumeRecord {
+            name: name.into(),
+            slot: 3,
+            volume_id: format!("csi-{name}"),
+            target: PathBuf::from(format!("/t/{name}")),
+            created_target: true,
+            created_at: SystemTime::UNIX_EPOCH,
+            published_at: SystemTime::UNIX_EPOCH,
+            manifest,
+            spc_namespace: Some("ns".into()),
+            pod: PodRecord {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u".into()),
+                service_account: Some("sa".into()),
+            },
+            uid: 0,
+            gid: 1000,
+            credential: CredentialKind::Jwt,
+            files: vec![FileRecord {
+                node: 1,
+                generation: 4,
+                version: "v1-x".into(),
+                fetched_at: SystemTime::UNIX_EPOCH,
+            }],
+        }
+    }
+
+    fn checkpoint(volumes: Vec<VolumeRecord>) -> Checkpoint {
+        Checkpoint {
+            format: FORMAT,
+            writer: "test".into(),
+            hub_dir: "/run/baofs/hub-1".into(),
+            conn: ConnState::adopted(40),
+            handoff_socket: "/run/baofs/handoff.sock".into(),
+            manifests: vec![SPC.into(), "not: an spc".into()],
+            volumes,
+        }
+    }
+
+    #[test]
+    fn restored_volumes_rebuild_specs_and_say_what_is_missing() {
+        let cp = checkpoint(vec![
+            record("with", 0),
+            record("without", 0),
+            record("bad", 1),
+        ]);
+        let secrets = Secrets {
+            version_key: None,
+            credentials: vec![(
+                "with".into(),
+                Credentials::Jwt(SecretString::new("jwt".into())),
+            )],
+        };
+        let v = restored_volumes(&cp, Some(&secrets));
+        let spec = v[0].spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.spc.namespace.as_deref(),
+            Some("ns"),
+            "namespace from the record"
+        );
+        assert_eq!(
+            (spec.ownership.gid, spec.pod.uid.as_deref()),
+            (1000, Some("u"))
+        );
+        assert!(matches!(&spec.credentials, Credentials::Jwt(t) if t.expose() == "jwt"));
+        assert!(v[0].pending.is_none());
+        assert_eq!(v[0].prior[0].generation, 4);
+        // No credential: restorable, but nothing to fetch with until kubelet republishes.
+        assert!(v[1].spec.is_ok() && v[1].pending.is_some());
+        // A manifest this build cannot parse: not restorable, and the error says why.
+        assert!(
+            v[2].spec
+                .as_ref()
+                .is_err_and(|e| e.contains("no longer parses"))
+        );
+    }
+
+    #[test]
+    fn carry_over_keeps_values_only_for_the_same_volume() {
+        let first = checkpoint(vec![record("a", 0), record("b", 0)]);
+        let last = checkpoint(vec![record("a", 0), record("b", 1), record("c", 0)]);
+        let fetched = |v: &mut RestoredVolume| v.fetched = Some(Ok(Vec::new()));
+        let mut from = restored_volumes(&first, None);
+        from.iter_mut().for_each(fetched);
+        let mut into = restored_volumes(&last, None);
+        carry_over(from, &mut into, &first, &last);
+        assert!(into[0].fetched.is_some(), "same name, slot and manifest");
+        assert!(into[1].fetched.is_none(), "its SPC changed");
+        assert!(into[2].fetched.is_none(), "published during the handoff");
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_through_the_holder_json() {
+        let cp = checkpoint(vec![record("a", 0)]);
+        let json = serde_json::to_value(&cp).expect("json");
+        assert_eq!(
+            json["volumes"][0]["credential"], "jwt",
+            "the kind, never the credential"
+        );
+        let back: Checkpoint = serde_json::from_value(json).expect("parse");
+        assert_eq!(back, cp);
+    }
 }
