@@ -500,7 +500,7 @@ impl VolumeObserver for MetricsObserver {
                     self.metrics
                         .rotation(false, Some(FAILED_TO_ROTATE), elapsed);
                 }
-                VolumeEvent::Published | VolumeEvent::Unpublished => {}
+                VolumeEvent::Published | VolumeEvent::Unpublished | VolumeEvent::Restored => {}
             }
         })
     }

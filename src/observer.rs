@@ -68,6 +68,10 @@ pub enum VolumeEvent<'a> {
     },
     /// The volume was unpublished.
     Unpublished,
+    /// Taken over from a previous driver process with every value unchanged: nothing was
+    /// written for it by this process, and nothing needs to be; observers adopt what the
+    /// predecessor wrote (a volume that changed meanwhile is reported as `Rotated` instead).
+    Restored,
 }
 
 /// Reacts to volume events (Kubernetes Secret sync, SecretProviderClassPodStatus, pod events,

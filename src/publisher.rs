@@ -533,7 +533,11 @@ impl Publisher {
                     volume.set_refresh_at(Some(SystemTime::now()));
                 }
             }
-            if !r.changes.is_empty() {
+            if r.error.is_none() && r.changes.is_empty() {
+                this.observer
+                    .observe(&volume.view(), VolumeEvent::Restored)
+                    .await;
+            } else if !r.changes.is_empty() {
                 let changed: Vec<_> = r.changes.changed.iter().map(|c| c.path.clone()).collect();
                 this.observer
                     .observe(

@@ -502,6 +502,51 @@ impl SecretSyncer {
         Ok((needs_apply, owner_added))
     }
 
+    /// Adopts the Secrets a predecessor process wrote for `view` with the values it serves now
+    /// (a takeover of an unchanged volume): records each one that exists and is ours as
+    /// written, with its owners and resourceVersion (one metadata GET each), so later syncs and
+    /// resyncs treat it as if this process had written it. `false`: at least one is missing
+    /// or not ours, and `sync` must run.
+    pub async fn adopt(&self, view: &VolumeView) -> Result<bool, K8sError> {
+        let namespace = Self::namespace(view);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+        let mut complete = true;
+        for so in &view.spec.spc.secret_objects {
+            let object = object_name("Secret", &namespace, &so.secret_name);
+            let meta = match api.get_metadata_opt(&so.secret_name).await {
+                Ok(Some(m)) => m.metadata,
+                Ok(None) => {
+                    complete = false;
+                    continue;
+                }
+                Err(e) => return Err(K8sError::api("get", object, e)),
+            };
+            let managed = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_LABEL))
+                .is_some_and(|v| v == "true");
+            if !managed {
+                complete = false;
+                continue;
+            }
+            let data = secret_data(so, view, &object)?;
+            let digest = self.digest(so, &labels_of(so), &data);
+            self.synced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    (namespace.clone(), so.secret_name.clone()),
+                    Synced {
+                        digest,
+                        owners: owner_uids(&meta),
+                        resource_version: meta.resource_version.clone(),
+                    },
+                );
+        }
+        Ok(complete)
+    }
+
     /// Checks that the Secrets of `view` still are as last written (one metadata GET each);
     /// a deleted or changed one is forgotten, so the next `sync` writes it again.
     pub async fn verify(&self, view: &VolumeView) -> Result<usize, K8sError> {

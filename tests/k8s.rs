@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -450,11 +451,21 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// One `baofs csi` process. `Driver::start` gives it a directory of its own; `Node::driver`
+/// starts it in a node's directory (state dir, CSI socket and targets shared by every driver
+/// incarnation) and in its own process group, so a crash can be simulated by SIGKILLing the
+/// group.
 struct Driver {
     child: Option<Child>,
+    label: String,
+    /// The process group (node drivers only).
+    pgid: Option<libc::pid_t>,
     dir: PathBuf,
+    /// The directory is this driver's: stopping unmounts what is left and removes it.
+    owns_dir: bool,
     socket: PathBuf,
     stderr: PathBuf,
+    stdout: PathBuf,
     metrics: String,
 }
 
@@ -473,55 +484,70 @@ impl Driver {
             .unwrap()
             .join(unique("bk-driver"));
         std::fs::create_dir_all(&dir).unwrap();
+        Self::spawn(env, dir, "driver", false).await
+    }
+
+    /// Spawns `baofs csi` with `dir/state` and `dir/plugin/csi.sock` (stdout to
+    /// `dir/<label>.out`, log to `dir/<label>.log`) and waits until it answers Probe ready.
+    async fn spawn(env: &Env, dir: PathBuf, label: &str, in_node: bool) -> Self {
         let socket = dir.join("plugin/csi.sock");
-        let stderr = dir.join("driver.log");
+        let stderr = dir.join(format!("{label}.log"));
+        let stdout = dir.join(format!("{label}.out"));
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_baofs"))
-            .args([
-                "--log-level",
-                "baofs=debug,info",
-                "csi",
-                "--nodeid",
-                NODE_ID,
-            ])
-            .arg(format!("--endpoint=unix://{}", socket.display()))
-            .arg("--kubeconfig")
-            .arg(&env.kubeconfig)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg(format!("--metrics-addr=127.0.0.1:{port}"))
-            .args([
-                "--enable-secret-rotation=true",
-                &format!("--rotation-poll-interval={}ms", POLL.as_millis()),
-                "--retry-deadline=2s",
-                "--request-timeout=5s",
-            ])
-            .env_remove("BAO_ADDR")
-            .env_remove("VAULT_ADDR")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("driver.out")).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn baofs csi");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_baofs"));
+        cmd.args([
+            "--log-level",
+            "baofs=debug,info",
+            "csi",
+            "--nodeid",
+            NODE_ID,
+        ])
+        .arg(format!("--endpoint=unix://{}", socket.display()))
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+        .args([
+            "--enable-secret-rotation=true",
+            &format!("--rotation-poll-interval={}ms", POLL.as_millis()),
+            "--retry-deadline=2s",
+            "--request-timeout=5s",
+        ])
+        .env_remove("BAO_ADDR")
+        .env_remove("VAULT_ADDR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+        if in_node {
+            cmd.process_group(0);
+        }
+        let child = cmd.spawn().expect("spawn baofs csi");
+        let pgid = in_node.then(|| libc::pid_t::try_from(child.id()).unwrap());
         let mut d = Driver {
             child: Some(child),
+            label: label.to_owned(),
+            pgid,
             dir,
+            owns_dir: !in_node,
             socket,
             stderr,
+            stdout,
             metrics: format!("http://127.0.0.1:{port}/metrics"),
         };
         let start = Instant::now();
         loop {
             if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("baofs csi exited early ({status}):\n{}", d.log());
+                panic!("[{label}] baofs csi exited early ({status}):\n{}", d.log());
             }
+            // A predecessor's socket file may still exist: only a Probe answered counts.
             if d.socket.exists() && d.probe_ready().await {
                 break;
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "baofs csi not ready within {DEADLINE:?}:\n{}",
+                "[{label}] baofs csi not ready within {DEADLINE:?}:\n{}",
                 d.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -553,6 +579,15 @@ impl Driver {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// What the process printed on stdout so far, line by line.
+    fn stdout_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.stdout)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// A kubelet-style target for `pod_uid`: the parent exists, `mount` does not.
     fn target(&self, pod_uid: &str, volume: &str) -> PathBuf {
         let parent = self
@@ -571,19 +606,52 @@ impl Driver {
             .unwrap()
     }
 
-    /// SIGTERM, clean exit, nothing left mounted, the socket removed.
+    /// SIGKILL to the whole process group (a crash: no destructor runs, nothing is unmounted);
+    /// waits until the child is reaped and the group is empty.
+    #[allow(unsafe_code)]
+    fn kill_group(&mut self) {
+        let pgid = self
+            .pgid
+            .expect("only a node's driver has its own process group");
+        let mut child = self.child.take().expect("the driver runs");
+        kill_group(pgid, libc::SIGKILL);
+        child.wait().unwrap();
+        let start = Instant::now();
+        // SAFETY: kill(2) with signal 0 only checks for existence.
+        while unsafe { libc::kill(-pgid, 0) } == 0 {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "[{}] process group {pgid} still has members {DEADLINE:?} after SIGKILL",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and a clean exit. A driver with its own directory must have unmounted
+    /// everything and its directory is removed; a node's driver with a holder leaves what is
+    /// still mounted to the holder (`Node::teardown` checks the node).
     fn stop(mut self) -> String {
         let mut child = self.child.take().unwrap();
         terminate(&mut child);
         let status = wait_exit(&mut child, Duration::from_secs(20));
+        if status.is_none()
+            && let Some(pgid) = self.pgid
+        {
+            kill_group(pgid, libc::SIGKILL);
+            let _ = child.wait();
+        }
         let log = self.log();
         assert!(
             status.is_some_and(|s| s.success()),
-            "baofs csi did not exit cleanly ({status:?}):\n{log}"
+            "[{}] baofs csi did not exit cleanly ({status:?}):\n{log}",
+            self.label
         );
-        let left = mounts_under(&self.dir);
-        assert!(left.is_empty(), "left mounted after shutdown: {left:?}");
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let left = mounts_under(&self.dir);
+            assert!(left.is_empty(), "left mounted after shutdown: {left:?}");
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
         log
     }
 }
@@ -593,10 +661,30 @@ impl Drop for Driver {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
             if wait_exit(&mut child, Duration::from_secs(20)).is_none() {
+                if let Some(pgid) = self.pgid {
+                    kill_group(pgid, libc::SIGKILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            eprintln!("--- baofs csi log ---\n{}", self.log());
+            eprintln!(
+                "--- [{}] baofs csi stdout: {:?}\n--- [{}] log ---\n{}",
+                self.label,
+                self.stdout_lines(),
+                self.label,
+                self.log()
+            );
+        } else if std::thread::panicking() && !self.owns_dir {
+            eprintln!(
+                "--- [{}] (exited) stdout: {:?}\n--- [{}] log ---\n{}",
+                self.label,
+                self.stdout_lines(),
+                self.label,
+                self.log()
+            );
+        }
+        if !self.owns_dir {
+            return;
         }
         for mp in mounts_under(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(&mp).status();
@@ -605,6 +693,168 @@ impl Drop for Driver {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+#[allow(unsafe_code)]
+fn kill_group(pgid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; `pgid` is the group of a child we
+    // spawned with process_group(0) and have not reaped yet.
+    let rc = unsafe { libc::kill(-pgid, sig) };
+    if rc != 0 {
+        eprintln!(
+            "k8s: kill(-{pgid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// A node for restart survival: one directory (state dir, CSI socket, targets) shared by every
+// `baofs csi` incarnation, and the fd holder
+
+struct Node {
+    dir: PathBuf,
+    state: PathBuf,
+    holder: Option<Child>,
+    holder_log: PathBuf,
+    holders: u32,
+}
+
+impl Node {
+    fn new() -> Self {
+        let dir = std::env::temp_dir()
+            .canonicalize()
+            .unwrap()
+            .join(unique("bk-node"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            state: dir.join("state"),
+            holder_log: dir.join("holder-0.log"),
+            dir,
+            holder: None,
+            holders: 0,
+        }
+    }
+
+    /// Starts `baofs holder --state-dir D` and waits until its socket accepts a connection.
+    fn start_holder(&mut self) {
+        assert!(self.holder.is_none(), "a holder already runs");
+        self.holders += 1;
+        self.holder_log = self.dir.join(format!("holder-{}.log", self.holders));
+        let child = Command::new(env!("CARGO_BIN_EXE_baofs"))
+            .args(["holder", "--state-dir"])
+            .arg(&self.state)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.holder_log).unwrap())
+            .spawn()
+            .expect("spawn baofs holder");
+        self.holder = Some(child);
+        let sock = baofs::holder::socket_path(&self.state);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            if let Some(status) = self.holder.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "baofs holder exited early ({status}):\n{}",
+                    std::fs::read_to_string(&self.holder_log).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the holder socket {} did not accept a connection within {DEADLINE:?}",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a node-level crash would.
+    fn kill_holder(&mut self) {
+        let mut child = self.holder.take().expect("the holder runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts `baofs csi` here (in its own process group) and waits until it is ready.
+    async fn driver(&self, env: &Env, label: &str) -> Driver {
+        Driver::spawn(env, self.dir.clone(), label, true).await
+    }
+
+    /// The end of a test, once every volume was unpublished and every driver stopped: only a
+    /// hub under the state dir may be left (a driver with a holder does not unmount on
+    /// SIGTERM); it is unmounted, then the holder stops, last. Nothing may be left mounted.
+    fn teardown(&mut self) {
+        let left = mounts_under(&self.dir);
+        for mp in &left {
+            assert!(
+                mp.starts_with(&self.state),
+                "only a hub under the state dir may outlive the driver, found {mp:?}: {left:?}"
+            );
+            detach(mp);
+        }
+        if let Some(mut child) = self.holder.take() {
+            terminate(&mut child);
+            let status = wait_exit(&mut child, DEADLINE);
+            if status.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "baofs holder did not exit cleanly on SIGTERM ({status:?}):\n{}",
+                std::fs::read_to_string(&self.holder_log).unwrap_or_default()
+            );
+        }
+        let left = mounts_under(&self.dir);
+        assert!(left.is_empty(), "mounts left under the node: {left:?}");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Node {
+    /// Runs after the drivers were dropped (declared after the node): detaches whatever is left
+    /// without touching it (nobody may serve it), then stops the holder, last.
+    fn drop(&mut self) {
+        let left = mounts_under(&self.dir);
+        for mp in &left {
+            detach(mp);
+        }
+        if let Some(mut child) = self.holder.take() {
+            terminate(&mut child);
+            if wait_exit(&mut child, DEADLINE).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if !left.is_empty() {
+            eprintln!("k8s: lazily unmounted leftovers: {left:?}");
+        }
+        if mounts_under(&self.dir).is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// umount2(MNT_DETACH) without touching the mount (no stat, no canonicalization), so it cannot
+/// block on a FUSE connection nobody serves.
+#[allow(unsafe_code)]
+fn detach(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        eprintln!(
+            "k8s: umount2({}, MNT_DETACH): {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    mounts_under(path).iter().any(|m| m == path)
 }
 
 // -------------------------------------------------------------------------------------------
@@ -1353,5 +1603,582 @@ async fn foreign_secret_is_not_overwritten() {
     .await
     .unwrap();
     driver.stop();
+    cluster.cleanup().await;
+}
+
+// -------------------------------------------------------------------------------------------
+// Restart survival, the Kubernetes side (docs/design.md §16): a `baofs holder` keeps the FUSE
+// connection; `baofs csi --kubeconfig` SIGKILLed (its process group) and started again takes
+// over every volume. What it writes to the API server then: nothing for files that did not
+// change, a rotation for those that did, FailedToMount when the holder died too.
+
+/// One pod of the takeover tests: its own KV v2 secret (`password`, `username`), its own SPC
+/// syncing both into a Secret of its own, and its volume.
+struct PodVolume {
+    pod: PodRef,
+    kv: String,
+    spc: String,
+    /// The synced Secret.
+    secret: String,
+    /// The SecretProviderClassPodStatus.
+    status: String,
+    vol: String,
+    target: PathBuf,
+}
+
+impl PodVolume {
+    fn read(&self, name: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(self.target.join(name))
+    }
+}
+
+/// Pods `names` of service account `app` in `cluster`, each with its own secret
+/// (`password` = `<pod>-pw-1`), SPC and synced Secret, and OpenBao's kubernetes auth admitting
+/// them. Targets are in `node`; nothing is published.
+async fn takeover_pods(
+    env: &Env,
+    cluster: &mut Cluster,
+    node: &Node,
+    names: &[&str],
+) -> Vec<PodVolume> {
+    cluster.service_account("app").await;
+    let mut out = Vec::new();
+    for name in names {
+        let uid = cluster.pod(name, "app").await;
+        let kv = unique(&format!("to-{name}"));
+        env.bao
+            .kv2_put(
+                &kv,
+                json!({"password": format!("{name}-pw-1"), "username": *name}),
+            )
+            .await;
+        let spc = format!("{name}-spc");
+        let target = node
+            .dir
+            .join(format!("pods/{uid}/volumes/kubernetes.io~csi/secrets"));
+        std::fs::create_dir_all(&target).unwrap();
+        out.push(PodVolume {
+            pod: PodRef {
+                ns: cluster.ns.clone(),
+                name: (*name).to_owned(),
+                uid,
+                sa: "app".into(),
+            },
+            status: format!("{name}-{}-{spc}", cluster.ns),
+            secret: format!("{name}-creds"),
+            spc,
+            kv,
+            vol: volume_id(),
+            target: target.join("mount"),
+        });
+    }
+    let paths: Vec<String> = out
+        .iter()
+        .map(|p| format!("secret/data/{}", p.kv))
+        .collect();
+    let mount = kubernetes_auth(env, cluster, "app", "app", &paths).await;
+    for p in &out {
+        let params: BTreeMap<String, String> = [
+            ("baoAddress", env.bao.addr.clone()),
+            ("roleName", "app".to_owned()),
+            ("baoKubernetesMountPath", mount.clone()),
+            (
+                "objects",
+                format!(
+                    "- objectName: password\n  secretPath: secret/data/{kv}\n  secretKey: password\n\
+                     - objectName: username\n  secretPath: secret/data/{kv}\n  secretKey: username\n",
+                    kv = p.kv
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let so = SecretObject {
+            secret_name: Some(p.secret.clone()),
+            type_: Some("Opaque".into()),
+            data: data(&[("password", "pass"), ("username", "user")]),
+            ..Default::default()
+        };
+        cluster.spc(spc_object(&p.spc, params, vec![so])).await;
+    }
+    out
+}
+
+/// kubelet's NodePublishVolume for `p` with a fresh pod-bound token.
+async fn publish_pod(
+    cluster: &Cluster,
+    csi: &mut NodeClient<Channel>,
+    driver: &Driver,
+    p: &PodVolume,
+) {
+    let token = cluster
+        .token(
+            "app",
+            Some(vec!["openbao".into()]),
+            Some((&p.pod.name, &p.pod.uid)),
+        )
+        .await;
+    csi.node_publish_volume(publish_request(&p.vol, &p.target, &p.pod, &p.spc, &token))
+        .await
+        .unwrap_or_else(|s| panic!("publish {}: {s:?}\n{}", p.pod.name, driver.log()));
+}
+
+async fn unpublish_pods(csi: &mut NodeClient<Channel>, pods: &[PodVolume]) {
+    for p in pods {
+        csi.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: p.vol.clone(),
+            target_path: p.target.to_str().unwrap().to_owned(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("unpublish {}: {s:?}", p.target.display()));
+    }
+}
+
+/// Waits until the Secret of `p` holds `password` and its SPCPS lists the target; returns both.
+async fn synced(
+    cluster: &Cluster,
+    p: &PodVolume,
+    password: &str,
+) -> (Secret, SecretProviderClassPodStatus) {
+    let secrets = cluster.api::<Secret>();
+    let statuses = cluster.api::<SecretProviderClassPodStatus>();
+    eventually(
+        &format!("Secret {} = {password} and SPCPS {}", p.secret, p.status),
+        DEADLINE,
+        || async {
+            let s = secrets.get_opt(&p.secret).await.unwrap()?;
+            let st = statuses.get_opt(&p.status).await.unwrap()?;
+            (secret_value(&s, "pass") == password
+                && st.status.target_path == p.target.to_str().unwrap()
+                && st.status.objects.len() == 2)
+                .then_some((s, st))
+        },
+    )
+    .await
+}
+
+/// `(Secret, SPCPS)` resourceVersions of every pod.
+async fn resource_versions(cluster: &Cluster, pods: &[PodVolume]) -> Vec<(String, String)> {
+    let secrets = cluster.api::<Secret>();
+    let statuses = cluster.api::<SecretProviderClassPodStatus>();
+    let mut out = Vec::new();
+    for p in pods {
+        let s = secrets.get(&p.secret).await.unwrap();
+        let st = statuses.get(&p.status).await.unwrap();
+        out.push((
+            s.metadata.resource_version.unwrap(),
+            st.metadata.resource_version.unwrap(),
+        ));
+    }
+    out
+}
+
+fn object_version(s: &SecretProviderClassPodStatus, id: &str) -> String {
+    s.status
+        .objects
+        .iter()
+        .find(|o| o.id == id)
+        .unwrap_or_else(|| panic!("no object {id} in {:?}", s.status))
+        .version
+        .clone()
+}
+
+fn took_over(n: usize) -> String {
+    format!("baofs: took over {n} volumes")
+}
+
+/// Waits until `driver` has counted `polls` more unchanged polls than `from` (every volume is
+/// polled once per interval).
+async fn wait_unchanged_polls(driver: &Driver, from: f64, polls: f64) {
+    eventually(&format!("{polls} unchanged polls"), DEADLINE, || async {
+        let m = driver.scrape().await;
+        (metric(&m, "rotation_reconcile_total", &[("rotated", "false")]) >= from + polls)
+            .then_some(())
+    })
+    .await;
+}
+
+/// The FailedToMount events of `pod`.
+async fn failed_to_mount(cluster: &Cluster, pod: &str) -> Vec<Event> {
+    cluster
+        .events(pod)
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedToMount"))
+        .collect()
+}
+
+/// A takeover after SIGKILL writes nothing to the API server when nothing changed (the version
+/// key is handed over, so the versions are the same), republishes and polls write nothing
+/// either; a later rotation reaches file, Secret and SPCPS within one poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_writes_nothing_when_nothing_changed() {
+    let Some(env) = setup().await else {
+        return;
+    };
+    let mut cluster = Cluster::new(&env.kube, "bkt").await;
+    let mut node = Node::new();
+    let pods = takeover_pods(&env, &mut cluster, &node, &["pod-a", "pod-b"]).await;
+    node.start_holder();
+    let mut d1 = node.driver(&env, "driver-1").await;
+    assert!(
+        !d1.stdout_lines().iter().any(|l| l.contains("took over")),
+        "a first start has nothing to take over: {:?}",
+        d1.stdout_lines()
+    );
+    let mut csi = d1.node().await;
+    for p in &pods {
+        publish_pod(&cluster, &mut csi, &d1, p).await;
+    }
+    drop(csi);
+    let mut before = Vec::new();
+    for p in &pods {
+        assert_eq!(p.read("password").unwrap(), format!("{}-pw-1", p.pod.name));
+        before.push(synced(&cluster, p, &format!("{}-pw-1", p.pod.name)).await.1);
+    }
+    let rvs = resource_versions(&cluster, &pods).await;
+    let m = d1.scrape().await;
+    eprintln!(
+        "takeover (unchanged): API writes of the first driver for 2 publishes: {}",
+        metric(&m, "baofs_k8s_writes_total", &[])
+    );
+
+    // The crash, and the successor.
+    d1.kill_group();
+    let d2 = node.driver(&env, "driver-2").await;
+    let lines = d2.stdout_lines();
+    assert!(
+        lines.contains(&took_over(2)),
+        "the successor must print {:?}: {lines:?}\n{}",
+        took_over(2),
+        d2.log()
+    );
+    for p in &pods {
+        assert_eq!(p.read("password").unwrap(), format!("{}-pw-1", p.pod.name));
+        assert_eq!(p.read("username").unwrap(), p.pod.name);
+    }
+
+    // kubelet's periodic republishes (fresh tokens) and two polls of each volume: no write.
+    let mut csi = d2.node().await;
+    for p in &pods {
+        publish_pod(&cluster, &mut csi, &d2, p).await;
+    }
+    let m = d2.scrape().await;
+    let unchanged = metric(&m, "rotation_reconcile_total", &[("rotated", "false")]);
+    wait_unchanged_polls(&d2, unchanged, 2.0 * pods.len() as f64).await;
+    let m = d2.scrape().await;
+    assert_eq!(
+        metric(&m, "baofs_k8s_writes_total", &[]),
+        0.0,
+        "the successor wrote to the API server although nothing changed \
+         (secret {}, secret_owner {}, pod_status {}, event {}):\n{}",
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "secret")]),
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "secret_owner")]),
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "pod_status")]),
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "event")]),
+        d2.log()
+    );
+    assert_eq!(
+        resource_versions(&cluster, &pods).await,
+        rvs,
+        "a Secret or an SPCPS was rewritten after the takeover"
+    );
+    assert_eq!(
+        metric(&m, "rotation_reconcile_total", &[("rotated", "true")]),
+        0.0
+    );
+    for p in &pods {
+        assert!(
+            cluster
+                .events(&p.pod.name)
+                .await
+                .iter()
+                .all(|e| e.reason.as_deref() != Some("MountRotationComplete")),
+            "a rotation was reported for {} although nothing changed",
+            p.pod.name
+        );
+    }
+
+    // A rotation after the takeover: file, Secret and SPCPS within one poll; pod-b untouched.
+    let (a, b) = (&pods[0], &pods[1]);
+    env.bao
+        .kv2_put(
+            &a.kv,
+            json!({"password": "pod-a-pw-2", "username": "pod-a"}),
+        )
+        .await;
+    let secrets = cluster.api::<Secret>();
+    let statuses = cluster.api::<SecretProviderClassPodStatus>();
+    let written = Instant::now();
+    let one_poll = POLL + POLL / 10 + Duration::from_secs(2);
+    let after = eventually(
+        "rotated file, Secret and SPCPS of pod-a",
+        one_poll,
+        || async {
+            let file = a.read("password").ok()?;
+            let s = secrets.get(&a.secret).await.ok()?;
+            let st = statuses.get(&a.status).await.ok()?;
+            (file == "pod-a-pw-2"
+                && secret_value(&s, "pass") == "pod-a-pw-2"
+                && object_version(&st, "password") != object_version(&before[0], "password"))
+            .then_some(st)
+        },
+    )
+    .await;
+    eprintln!(
+        "takeover (unchanged): a rotation after the takeover was visible in file, Secret and \
+         SPCPS after {:?} (poll {POLL:?})",
+        written.elapsed()
+    );
+    let content_hash = |v: String| v.split_once('-').map(|(_, h)| h.to_owned()).unwrap_or(v);
+    assert_eq!(
+        content_hash(object_version(&after, "username")),
+        content_hash(object_version(&before[0], "username")),
+        "an unchanged object's content hash changed across the takeover"
+    );
+    let ev = cluster.wait_event("pod-a", "MountRotationComplete").await;
+    assert_eq!(ev.type_.as_deref(), Some("Normal"));
+    assert!(ev.note.clone().unwrap_or_default().contains("password"));
+    cluster.wait_event("pod-a", "SecretRotationComplete").await;
+    let m = d2.scrape().await;
+    for kind in ["secret", "pod_status", "event"] {
+        assert!(
+            metric(
+                &m,
+                "baofs_k8s_writes_total",
+                &[("kind", kind), ("outcome", "ok")]
+            ) >= 1.0,
+            "the rotation after the takeover wrote no {kind}:\n{m}"
+        );
+    }
+    wait_unchanged_polls(
+        &d2,
+        metric(&m, "rotation_reconcile_total", &[("rotated", "false")]),
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        resource_versions(&cluster, std::slice::from_ref(b)).await[0],
+        rvs[1],
+        "pod-b's Secret or SPCPS was rewritten by pod-a's rotation"
+    );
+    assert_eq!(b.read("password").unwrap(), "pod-b-pw-1");
+
+    unpublish_pods(&mut csi, &pods).await;
+    drop(csi);
+    let log = d2.stop();
+    assert!(
+        !log.contains("pod-a-pw") && !log.contains("pod-b-pw"),
+        "the driver log contains a value"
+    );
+    node.teardown();
+    cluster.cleanup().await;
+}
+
+/// A secret changed in OpenBao while no driver ran: the successor refetches it before serving
+/// (the new value is in the file as soon as it prints `took over`), and reports it as a
+/// rotation at once: Secret, SPCPS and MountRotationComplete are written before it serves,
+/// not at a later poll (which would find nothing new).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_during_the_gap_is_synced_after_takeover() {
+    let Some(env) = setup().await else {
+        return;
+    };
+    let mut cluster = Cluster::new(&env.kube, "bkg").await;
+    let mut node = Node::new();
+    let pods = takeover_pods(&env, &mut cluster, &node, &["pod-a", "pod-b"]).await;
+    node.start_holder();
+    let mut d1 = node.driver(&env, "driver-1").await;
+    let mut csi = d1.node().await;
+    for p in &pods {
+        publish_pod(&cluster, &mut csi, &d1, p).await;
+    }
+    drop(csi);
+    let mut before = Vec::new();
+    for p in &pods {
+        before.push(synced(&cluster, p, &format!("{}-pw-1", p.pod.name)).await.1);
+    }
+    let rvs = resource_versions(&cluster, &pods).await;
+
+    d1.kill_group();
+    let (a, b) = (&pods[0], &pods[1]);
+    env.bao
+        .kv2_put(
+            &a.kv,
+            json!({"password": "pod-a-pw-2", "username": "pod-a"}),
+        )
+        .await;
+    let d2 = node.driver(&env, "driver-2").await;
+    let lines = d2.stdout_lines();
+    assert!(
+        lines.contains(&took_over(2)),
+        "the successor must print {:?}: {lines:?}\n{}",
+        took_over(2),
+        d2.log()
+    );
+    // Refetched before serving: the new value at once, no poll needed.
+    assert_eq!(a.read("password").unwrap(), "pod-a-pw-2");
+    assert_eq!(a.read("username").unwrap(), "pod-a");
+    assert_eq!(b.read("password").unwrap(), "pod-b-pw-1");
+
+    // Written before the successor served: read once, no waiting.
+    let secrets = cluster.api::<Secret>();
+    let statuses = cluster.api::<SecretProviderClassPodStatus>();
+    let s = secrets.get(&a.secret).await.unwrap();
+    let st = statuses.get(&a.status).await.unwrap();
+    let m = d2.scrape().await;
+    assert_eq!(
+        secret_value(&s, "pass"),
+        "pod-a-pw-2",
+        "the Secret was not synced by the takeover (writes: secret {}, pod_status {}, event {})\n{}",
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "secret")]),
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "pod_status")]),
+        metric(&m, "baofs_k8s_writes_total", &[("kind", "event")]),
+        d2.log()
+    );
+    assert_ne!(
+        object_version(&st, "password"),
+        object_version(&before[0], "password"),
+        "the SPCPS was not updated by the takeover\n{}",
+        d2.log()
+    );
+    assert_eq!(st.status.target_path, a.target.to_str().unwrap());
+    let content_hash = |v: String| v.split_once('-').map(|(_, h)| h.to_owned()).unwrap_or(v);
+    assert_eq!(
+        content_hash(object_version(&st, "username")),
+        content_hash(object_version(&before[0], "username")),
+        "an unchanged object's content hash changed across the takeover"
+    );
+    let ev = cluster.wait_event("pod-a", "MountRotationComplete").await;
+    assert_eq!(ev.type_.as_deref(), Some("Normal"));
+    assert!(
+        ev.note.clone().unwrap_or_default().contains("password"),
+        "{ev:?}"
+    );
+    cluster.wait_event("pod-a", "SecretRotationComplete").await;
+    assert_eq!(
+        resource_versions(&cluster, std::slice::from_ref(b)).await[0],
+        rvs[1],
+        "pod-b did not change: its Secret and SPCPS must not be rewritten"
+    );
+    assert!(
+        metric(&m, "rotation_reconcile_total", &[("rotated", "true")]) >= 1.0,
+        "the takeover's rotation was not counted:\n{m}"
+    );
+
+    // Later polls find nothing new and write nothing.
+    let synced_rvs = resource_versions(&cluster, &pods).await;
+    let writes = metric(&m, "baofs_k8s_writes_total", &[]);
+    wait_unchanged_polls(
+        &d2,
+        metric(&m, "rotation_reconcile_total", &[("rotated", "false")]),
+        2.0 * pods.len() as f64,
+    )
+    .await;
+    assert_eq!(resource_versions(&cluster, &pods).await, synced_rvs);
+    assert_eq!(
+        metric(&d2.scrape().await, "baofs_k8s_writes_total", &[]),
+        writes,
+        "a poll after the takeover wrote again"
+    );
+
+    let mut csi = d2.node().await;
+    unpublish_pods(&mut csi, &pods).await;
+    drop(csi);
+    d2.stop();
+    node.teardown();
+    cluster.cleanup().await;
+}
+
+/// Driver and holder both SIGKILLed: the next driver (started alone, or after a new holder)
+/// detaches the dead targets and emits a Warning FailedToMount on each pod that lost its
+/// volume, naming the target; the pods come from the checkpoint record in the state dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_gone_emits_failed_to_mount_on_the_pods() {
+    let Some(env) = setup().await else {
+        return;
+    };
+    let mut cluster = Cluster::new(&env.kube, "bkh").await;
+    let mut node = Node::new();
+    let pods = takeover_pods(
+        &env,
+        &mut cluster,
+        &node,
+        &["pod-a", "pod-b", "pod-c", "pod-d"],
+    )
+    .await;
+    let (first, second) = pods.split_at(2);
+
+    // Round 1: the next driver starts without a holder. Round 2: a new holder starts first.
+    for (round, (pods, new_holder)) in [(first, false), (second, true)].into_iter().enumerate() {
+        node.start_holder();
+        let mut d1 = node.driver(&env, &format!("driver-{round}-1")).await;
+        let mut csi = d1.node().await;
+        for p in pods {
+            publish_pod(&cluster, &mut csi, &d1, p).await;
+            synced(&cluster, p, &format!("{}-pw-1", p.pod.name)).await;
+        }
+        drop(csi);
+
+        d1.kill_group();
+        node.kill_holder();
+        if new_holder {
+            node.start_holder();
+        }
+        let d2 = node.driver(&env, &format!("driver-{round}-2")).await;
+        let lines = d2.stdout_lines();
+        assert!(
+            !lines.iter().any(|l| l.contains("took over")),
+            "nothing can be taken over without the holder: {lines:?}"
+        );
+        for p in pods {
+            let target = p.target.display().to_string();
+            assert!(!is_mounted(&p.target), "{target} is still a mount point");
+            if let Err(e) = std::fs::metadata(&p.target) {
+                assert_ne!(e.raw_os_error(), Some(libc::ENOTCONN), "stat {target}: {e}");
+            }
+            let ev = cluster.wait_event(&p.pod.name, "FailedToMount").await;
+            let note = ev.note.clone().unwrap_or_default();
+            assert_eq!(ev.type_.as_deref(), Some("Warning"), "{ev:?}");
+            assert!(
+                note.contains(&target) && note.contains("was lost"),
+                "the note must name the target and say the volume was lost: {note:?}"
+            );
+            assert_eq!(
+                ev.regarding.as_ref().and_then(|r| r.uid.as_deref()),
+                Some(p.pod.uid.as_str())
+            );
+        }
+        eprintln!(
+            "holder gone ({}): FailedToMount on {:?}",
+            if new_holder {
+                "a new holder started first"
+            } else {
+                "no holder"
+            },
+            pods.iter().map(|p| &p.pod.name).collect::<Vec<_>>()
+        );
+        let mut csi = d2.node().await;
+        unpublish_pods(&mut csi, pods).await;
+        drop(csi);
+        d2.stop();
+        let left = mounts_under(&node.dir);
+        assert!(
+            new_holder || left.is_empty(),
+            "a driver without a holder unmounts everything on SIGTERM: {left:?}"
+        );
+    }
+    // Each pod got its event once: a driver reports a lost volume only at the start that
+    // found it dead.
+    for p in &pods {
+        assert_eq!(
+            failed_to_mount(&cluster, &p.pod.name).await.len(),
+            1,
+            "{}",
+            p.pod.name
+        );
+    }
+    node.teardown();
     cluster.cleanup().await;
 }

@@ -202,6 +202,25 @@ impl KubeObserver {
         self.write_state(view, false).await;
     }
 
+    /// A volume taken over unchanged: the predecessor wrote its Secrets and pod status with
+    /// the same versions (keyed with the handed-over key), so nothing is written; they are
+    /// adopted (one metadata GET per Secret) so the periodic resync covers them again. A
+    /// Secret that is missing or not ours is written as at publish.
+    async fn restored(&self, view: &VolumeView) {
+        self.track(view);
+        self.status.assume(view, versions(view));
+        match self.syncer.adopt(view).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.write_state(view, false).await;
+            }
+            Err(e) => {
+                warn!(volume = %view.spec.id, error = %e, "adopting synced Secrets failed; writing them");
+                self.write_state(view, false).await;
+            }
+        }
+    }
+
     async fn rotated(&self, view: &VolumeView, changed: &[ObjectPath], elapsed: Duration) {
         let started = Instant::now();
         self.track(view);
@@ -322,6 +341,7 @@ impl VolumeObserver for KubeObserver {
                     self.rotation_failed(view, error, elapsed).await;
                 }
                 VolumeEvent::Unpublished => self.unpublished(view),
+                VolumeEvent::Restored => self.restored(view).await,
             }
         })
     }

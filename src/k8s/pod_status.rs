@@ -157,6 +157,25 @@ impl PodStatusWriter {
         }
     }
 
+    /// Records `objects` as written for `view` without writing (a predecessor process wrote
+    /// them: same versions, same key).
+    pub fn assume(&self, view: &VolumeView, objects: Vec<ObjectVersion>) {
+        let Some((namespace, name, pod)) = Self::key(view) else {
+            return;
+        };
+        let status = PodStatus {
+            pod_name: pod,
+            secret_provider_class_name: view.spec.spc.name.clone(),
+            mounted: true,
+            target_path: view.target.to_string_lossy().into_owned(),
+            objects,
+        };
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace, name), status);
+    }
+
     /// Forgets what was written for `view` (unpublished). The object stays: it is owned by
     /// the Pod and deleted with it by the garbage collector, as upstream's.
     pub fn forget(&self, view: &VolumeView) {
