@@ -8,8 +8,9 @@
 //! ```
 //!
 //! One module per stage: `volume` (spec), `provider` (OpenBao over HTTP), `cache` (values,
-//! atomic swaps), `fs` (filesystem logic, no FUSE), `fuse` (fuser adapter, mounts,
-//! invalidation), `poller` (rotation), `publisher` (publish/unpublish use cases). `app`
+//! atomic swaps), `fs` (filesystem logic, no FUSE), `fuse` (the hub's own FUSE request loop,
+//! mounts, invalidation), `poller` (rotation), `publisher` (publish/unpublish use cases),
+//! `takeover` (checkpoints to `holder`, taking a hub over after a restart). `app`
 //! composes `baofs mount`; `csi_app` composes `baofs csi` from `csi_server` (the gRPC edge:
 //! socket, Identity/Node services, the one error-to-code mapping) and `spc_source` (where a
 //! volume's SecretProviderClass comes from); `k8s` is the Kubernetes side (SPCs from the API,
