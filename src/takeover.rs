@@ -57,8 +57,9 @@ pub const CREDENTIALS_ENTRY: &str = "credentials";
 pub const FORMAT: u32 = 1;
 /// How long a publish or unpublish waits for its checkpoint to reach the holder.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest delay of a checkpoint that only carries fresh credentials (republish).
-const LAZY_DELAY: Duration = Duration::from_secs(10);
+/// Longest delay of a checkpoint that only carries fresh credentials (republish); also how
+/// often the holder is checked for our hub (a restarted holder gets it again).
+const LAZY_DELAY: Duration = Duration::from_secs(2);
 /// The owner's handoff socket in the state directory.
 pub fn handoff_socket(state_dir: &Path) -> PathBuf {
     state_dir.join("handoff.sock")
@@ -625,7 +626,7 @@ impl Checkpointer {
         self.requested.send_replace(seq);
     }
 
-    /// Asks for a checkpoint within `LAZY_DELAY` (fresh credentials after a republish).
+    /// Asks for a checkpoint within `LAZY_DELAY` (fresh credentials after a republish; coalesced).
     pub fn mark_lazy(&self) {
         self.lazy.store(true, Ordering::SeqCst);
     }
@@ -706,19 +707,21 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// Whether the holder still keeps our hub (it may have been restarted: then it has
+    /// nothing, and the next driver restart would lose the mounts).
+    fn holder_has_hub(&self) -> bool {
+        holder::list(&self.socket).is_ok_and(|names| names.iter().any(|n| n == HUB_ENTRY))
+    }
+
     async fn run(self: Arc<Self>) {
         let mut requested = self.requested.subscribe();
         let mut backoff = Duration::from_millis(100);
+        let mut tick = tokio::time::interval(LAZY_DELAY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let written = *self.written.borrow();
             let wanted = *requested.borrow_and_update();
             if wanted <= written {
-                let lazy = self.lazy.load(Ordering::SeqCst);
-                let wait = if lazy {
-                    LAZY_DELAY
-                } else {
-                    Duration::from_secs(3600)
-                };
                 tokio::select! {
                     changed = requested.changed() => {
                         if changed.is_err() {
@@ -726,9 +729,20 @@ impl Checkpointer {
                         }
                         continue;
                     }
-                    () = tokio::time::sleep(wait) => {
-                        if !lazy {
-                            continue;
+                    _ = tick.tick() => {
+                        // Fresh credentials to hand over, or a holder that lost our hub.
+                        if !self.lazy.load(Ordering::SeqCst) {
+                            let me = Arc::clone(&self);
+                            let has = tokio::task::spawn_blocking(move || me.holder_has_hub())
+                                .await
+                                .unwrap_or(true);
+                            if has {
+                                continue;
+                            }
+                            warn!(
+                                holder = %self.socket.display(),
+                                "the holder does not keep this driver's hub (was it restarted?): handing it over again"
+                            );
                         }
                     }
                 }

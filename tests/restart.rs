@@ -1230,3 +1230,51 @@ async fn holder_gone_too_cleans_dead_mounts() {
     d2.stop();
     n.teardown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_holder_gets_the_hub_again() {
+    let Some(cx) = setup() else { return };
+    cx.bao.ensure_jwt_auth().await;
+    let mut n = Node::new("reholder");
+    n.start_holder();
+    let mut d1 = n.spawn_driver("driver-1", &[]);
+    d1.wait_serving();
+    let mut csi = d1.node().await;
+    let v = publish_volume(&cx, &n, &mut csi, "v0", &["password"]).await;
+    drop(csi);
+
+    // The holder dies and comes back empty while the driver keeps serving (it holds the
+    // connection itself); the driver notices and hands the hub over again.
+    n.kill_holder();
+    v.assert_readable();
+    n.start_holder();
+    let sock = baofs::holder::socket_path(&n.state);
+    let started = Instant::now();
+    loop {
+        let names = baofs::holder::list(&sock).unwrap_or_default();
+        if names.iter().any(|x| x == "hub") && names.iter().any(|x| x == "credentials") {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the new holder never got the hub back: {names:?}\n{}",
+            d1.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "restart (holder restarted): the new holder had the hub {:?} after it started",
+        started.elapsed()
+    );
+
+    // So a driver crash now is survived as usual.
+    d1.kill_group();
+    let mut d2 = n.spawn_driver("driver-2", &[]);
+    let lines = d2.wait_serving();
+    assert!(lines.contains(&took_over(1)), "{lines:?}");
+    v.assert_readable();
+    let mut csi = d2.node().await;
+    unpublish_all(&mut csi, std::slice::from_ref(&v)).await;
+    d2.stop();
+    n.teardown();
+}
