@@ -249,11 +249,17 @@ async fn take_over(
     .await?;
     info!(volumes = count, with_values, hub = %held.checkpoint.hub_dir.display(), "took over the hub the holder kept");
     say(&format!("baofs: took over {count} volumes"));
+    let mut origin = format!(
+        "took over {count} volumes ({with_values} with values) at {}",
+        crate::timefmt::rfc3339(std::time::SystemTime::now())
+    );
     if let Some(at) = gap_from {
         let gap_ms = serving_since.saturating_duration_since(at).as_secs_f64() * 1000.0;
         info!(gap_ms, "handoff complete");
         say(&format!("baofs: handoff gap {gap_ms:.1} ms"));
+        origin.push_str(&format!(", handoff gap {gap_ms:.1} ms"));
     }
+    publisher.set_origin(origin);
     Ok(publisher)
 }
 

@@ -172,6 +172,8 @@ pub struct Publisher {
     version_key: Mutex<Option<VersionKeyBytes>>,
     /// Targets of dead processes' volumes detached at start (their pods lost the volume).
     lost: Mutex<Vec<PathBuf>>,
+    /// How this process started, for `baofs status`.
+    origin: Mutex<String>,
 }
 
 type VersionKeyBytes = zeroize::Zeroizing<[u8; crate::provider::openbao::version::KEY_BYTES]>;
@@ -371,6 +373,7 @@ impl Publisher {
             gate: tokio::sync::RwLock::new(false),
             version_key: Mutex::new(None),
             lost: Mutex::new(lost),
+            origin: Mutex::new("fresh".to_owned()),
         })
     }
 
@@ -608,6 +611,24 @@ impl Publisher {
                 let _ = task.await;
             }
         }
+    }
+
+    /// The holder socket this publisher checkpoints to, if any.
+    pub fn holder_socket(&self) -> Option<PathBuf> {
+        self.checkpointer.get().map(|c| c.socket().to_owned())
+    }
+
+    /// How this process started (for `baofs status`).
+    pub fn origin(&self) -> String {
+        self.origin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records how this process started (for `baofs status`).
+    pub fn set_origin(&self, origin: String) {
+        *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = origin;
     }
 
     /// Targets of volumes a dead process served that were detached at start (their pods lost

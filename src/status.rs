@@ -92,6 +92,12 @@ pub struct ProcessReport {
     pub version: String,
     /// The FUSE hub mount point.
     pub hub: String,
+    /// The holder socket this process hands its hub to (restart survival), if any.
+    #[serde(default)]
+    pub holder: Option<String>,
+    /// How it started: `fresh`, or what it took over from a previous process.
+    #[serde(default)]
+    pub started: String,
     /// Volumes, sorted by target.
     pub volumes: Vec<VolumeReport>,
 }
@@ -104,6 +110,8 @@ pub fn report(publisher: &Publisher) -> ProcessReport {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         hub: publisher.hub_dir().display().to_string(),
+        holder: publisher.holder_socket().map(|p| p.display().to_string()),
+        started: publisher.origin(),
         volumes: publisher
             .status()
             .into_iter()
@@ -257,6 +265,17 @@ pub fn render(reports: &[ProcessReport]) -> String {
             p.hub,
             p.volumes.len()
         ));
+        out.push_str(&format!(
+            "  started: {}  holder: {}\n",
+            if p.started.is_empty() {
+                "-"
+            } else {
+                &p.started
+            },
+            p.holder
+                .as_deref()
+                .unwrap_or("none (volumes do not survive a restart of this process)")
+        ));
         for v in &p.volumes {
             let pod = match (&v.pod_namespace, &v.pod_name) {
                 (Some(ns), Some(n)) => format!("{ns}/{n}"),
@@ -304,6 +323,8 @@ mod tests {
             pid: 1,
             version: "0.1.0".into(),
             hub: "/run/baofs/hub-1".into(),
+            holder: Some("/run/baofs/holder.sock".into()),
+            started: "took over 1 volumes (1 with values) at 2026-12-03T00:00:00Z".into(),
             volumes: vec![VolumeReport {
                 volume_id: "v".into(),
                 target: "/mnt/x".into(),
@@ -328,5 +349,7 @@ mod tests {
         assert!(text.contains("password  version v3-abc (generation 3)  12 bytes"));
         assert!(text.contains("LAST ERROR: read secret/data/x: HTTP 503"));
         assert!(text.contains("pod ns/p"));
+        assert!(text.contains("started: took over 1 volumes"));
+        assert!(text.contains("holder: /run/baofs/holder.sock"));
     }
 }

@@ -609,6 +609,11 @@ impl Checkpointer {
         })
     }
 
+    /// The holder socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// Starts writing checkpoints of `source`, the first one at once.
     pub fn start(
         self: &Arc<Self>,
