@@ -371,6 +371,16 @@ impl Fs {
         }
     }
 
+    /// Drops what `inherit` recorded for volume `slot` that this process never handed out
+    /// (the volume is unpublished): their values are wiped with the volume's.
+    pub fn release_inherited(&self, slot: u32) {
+        self.live().retain(|ino, entry| {
+            !(entry.inherited
+                && entry.nlookup == 0
+                && Ino::decode(*ino).is_some_and(|d| d.slot == slot))
+        });
+    }
+
     /// Gives inherited inodes of volume `slot` that name the current version its value, so
     /// they keep serving it after a later rotation.
     pub fn adopt_values(&self, slot: u32) {
@@ -700,6 +710,11 @@ mod tests {
         assert_eq!(fs.live_inodes(), 1);
         fs.forget(old, 2);
         assert_eq!(fs.live_inodes(), 0);
+        // Inherited inodes never referenced by us go with the volume.
+        fs.inherit(9, &[(node, 9)]);
+        fs.inherit(10, &[(node, 1)]);
+        fs.release_inherited(9);
+        assert_eq!(fs.live_inodes(), 1, "only slot 10's is left");
         assert_eq!(fs.read(old, 0, 10).map(|_| ()), Err(FsError::Stale));
     }
 

@@ -906,6 +906,7 @@ impl Publisher {
             .observe(&m.volume.view(), VolumeEvent::Unpublished)
             .await;
         self.cache.remove(&m.volume.cached.id);
+        self.fs.release_inherited(m.volume.cached.slot);
         if m.created_target {
             let _ = std::fs::remove_dir(&m.target);
         }
