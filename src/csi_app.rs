@@ -372,7 +372,10 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
     let socket = match csi_server::bind_private(&socket_path) {
         Ok(s) => s,
         Err(e) => {
-            publisher.shutdown().await;
+            // With a holder the volumes stay for the next start; without one, clean up.
+            if checkpointing.is_none() {
+                publisher.shutdown().await;
+            }
             return Err(e.into());
         }
     };
