@@ -395,8 +395,10 @@ fn save_record(state_dir: &Path, meta: &serde_json::Value) -> std::io::Result<()
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    serde_json::to_writer(&mut f, meta)?;
-    f.flush()?;
+    // One write: serde_json writes token by token, a syscall each on a bare File (80 ms
+    // for 300 volumes, measured).
+    let bytes = serde_json::to_vec(meta)?;
+    f.write_all(&bytes)?;
     std::fs::rename(&tmp, &path)
 }
 
@@ -672,6 +674,7 @@ impl Checkpointer {
         let Some(source) = self.source() else {
             return Ok(());
         };
+        let started = Instant::now();
         let (Some((checkpoint, secrets)), Some(fd)) = (source.checkpoint(), source.hub_fd()) else {
             return Ok(());
         };
@@ -700,15 +703,18 @@ impl Checkpointer {
             reason: e.to_string(),
         })?;
         holder::put(&self.socket, HUB_ENTRY, &meta, fd.as_fd())?;
-        debug!(
-            volumes = checkpoint.volumes.len(),
-            "checkpoint handed to the holder"
-        );
+        let handed = started.elapsed();
         if let Some(dir) = self.socket.parent()
             && let Err(e) = save_record(dir, &meta)
         {
             debug!(error = %e, "checkpoint record not saved");
         }
+        debug!(
+            volumes = checkpoint.volumes.len(),
+            handed_ms = handed.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "checkpoint handed to the holder"
+        );
         Ok(())
     }
 
