@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tracing::{debug, info, warn};
 
 /// How long either side waits for the other on one connection.
@@ -49,31 +50,43 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("holder.sock")
 }
 
-/// A request on the wire.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-enum Request {
-    Put {
-        name: String,
-        #[serde(default)]
-        meta: Value,
-    },
-    Get {
-        name: String,
-    },
-    Drop {
-        name: String,
-    },
+/// The operation of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Op {
+    Put,
+    Get,
+    Drop,
     List,
 }
 
+/// A request on the wire. A plain struct, not a tagged enum, so `meta` stays raw JSON on both
+/// sides: the holder stores the checkpoint's text without building (and later freeing) a tree
+/// of it, which a checkpoint of 1000 volumes made measurable on every publish.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    op: Op,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    meta: Option<Box<RawValue>>,
+}
+
 impl Request {
+    fn new(op: Op, name: Option<&str>) -> Self {
+        Self {
+            op,
+            name: name.map(str::to_owned),
+            meta: None,
+        }
+    }
+
     fn op(&self) -> &'static str {
-        match self {
-            Self::Put { .. } => "put",
-            Self::Get { .. } => "get",
-            Self::Drop { .. } => "drop",
-            Self::List => "list",
+        match self.op {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Drop => "drop",
+            Op::List => "list",
         }
     }
 }
@@ -85,7 +98,7 @@ struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    meta: Option<Value>,
+    meta: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     names: Option<Vec<String>>,
 }
@@ -178,20 +191,22 @@ fn call(
 
 /// Gives the holder a dup of `fd` under `name` with `meta` (never secrets), replacing and
 /// closing a previous fd of that name.
-pub fn put(sock: &Path, name: &str, meta: &Value, fd: BorrowedFd<'_>) -> Result<(), HolderError> {
-    let req = Request::Put {
-        name: name.to_owned(),
-        meta: meta.clone(),
+pub fn put(
+    sock: &Path,
+    name: &str,
+    meta: &RawValue,
+    fd: BorrowedFd<'_>,
+) -> Result<(), HolderError> {
+    let req = Request {
+        meta: Some(meta.to_owned()),
+        ..Request::new(Op::Put, Some(name))
     };
     call(sock, &req, Some(fd)).map(|_| ())
 }
 
 /// The fd held under `name` (a new fd for the same open file description) and its meta.
 pub fn get(sock: &Path, name: &str) -> Result<(Value, OwnedFd), HolderError> {
-    let req = Request::Get {
-        name: name.to_owned(),
-    };
-    let (reply, mut fds) = call(sock, &req, None)?;
+    let (reply, mut fds) = call(sock, &Request::new(Op::Get, Some(name)), None)?;
     let proto = |detail: &str| HolderError::Protocol {
         op: "get",
         path: sock.to_path_buf(),
@@ -201,27 +216,28 @@ pub fn get(sock: &Path, name: &str) -> Result<(Value, OwnedFd), HolderError> {
         return Err(proto(&format!("expected 1 fd, got {}", fds.len())));
     }
     let fd = fds.remove(0);
-    Ok((reply.meta.unwrap_or(Value::Null), fd))
+    let meta = match reply.meta {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| proto(&e.to_string()))?,
+        None => Value::Null,
+    };
+    Ok((meta, fd))
 }
 
 /// Closes the fd held under `name` (its connection is aborted if no one else holds it).
 pub fn drop_fd(sock: &Path, name: &str) -> Result<(), HolderError> {
-    let req = Request::Drop {
-        name: name.to_owned(),
-    };
-    call(sock, &req, None).map(|_| ())
+    call(sock, &Request::new(Op::Drop, Some(name)), None).map(|_| ())
 }
 
 /// Names of the fds held.
 pub fn list(sock: &Path) -> Result<Vec<String>, HolderError> {
-    let (reply, _) = call(sock, &Request::List, None)?;
+    let (reply, _) = call(sock, &Request::new(Op::List, None), None)?;
     Ok(reply.names.unwrap_or_default())
 }
 
 /// One held fd.
 struct Entry {
     fd: OwnedFd,
-    meta: Value,
+    meta: Option<Box<RawValue>>,
 }
 
 type Table = Arc<Mutex<BTreeMap<String, Entry>>>;
@@ -368,14 +384,19 @@ fn serve_one(stream: UnixStream, table: &Mutex<BTreeMap<String, Entry>>, me: u32
         Err(e) => return send(&Reply::err(format!("bad request: {e}")), None),
     };
     let op = req.op();
-    if !matches!(req, Request::Put { .. }) && !fds.is_empty() {
+    if req.op != Op::Put && !fds.is_empty() {
         return send(&Reply::err(format!("{op} takes no fd")), None);
     }
+    let name = match (req.op, req.name) {
+        (Op::List, _) => String::new(),
+        (_, Some(name)) => name,
+        (_, None) => return send(&Reply::err(format!("{op} needs a name")), None),
+    };
     let Ok(mut t) = table.lock() else {
         return send(&Reply::err("holder state poisoned"), None);
     };
-    match req {
-        Request::Put { name, meta } => {
+    match req.op {
+        Op::Put => {
             if fds.len() != 1 {
                 return send(
                     &Reply::err(format!("put needs exactly 1 fd, got {}", fds.len())),
@@ -383,8 +404,10 @@ fn serve_one(stream: UnixStream, table: &Mutex<BTreeMap<String, Entry>>, me: u32
                 );
             }
             let fd = fds.remove(0);
-            let replaced = t.insert(name.clone(), Entry { fd, meta }).is_some();
+            let meta = req.meta;
+            let old = t.insert(name.clone(), Entry { fd, meta });
             drop(t);
+            let replaced = old.is_some();
             if replaced {
                 // A checkpoint re-put under the same name: routine, not news.
                 debug!(name, replaced, "holder: fd stored");
@@ -392,18 +415,20 @@ fn serve_one(stream: UnixStream, table: &Mutex<BTreeMap<String, Entry>>, me: u32
                 info!(name, replaced, "holder: fd stored");
             }
             send(&Reply::ok(), None);
+            // The replaced fd is closed after the reply: the driver does not wait for it.
+            drop(old);
         }
-        Request::Get { name } => match t.get(&name) {
+        Op::Get => match t.get(&name) {
             Some(e) => send(
                 &Reply {
-                    meta: Some(e.meta.clone()),
+                    meta: e.meta.clone(),
                     ..Reply::ok()
                 },
                 Some(e.fd.as_fd()),
             ),
             None => send(&Reply::err(format!("no fd named {name:?}")), None),
         },
-        Request::Drop { name } => match t.remove(&name) {
+        Op::Drop => match t.remove(&name) {
             Some(_) => {
                 drop(t);
                 info!(name, "holder: fd closed");
@@ -411,7 +436,7 @@ fn serve_one(stream: UnixStream, table: &Mutex<BTreeMap<String, Entry>>, me: u32
             }
             None => send(&Reply::err(format!("no fd named {name:?}")), None),
         },
-        Request::List => {
+        Op::List => {
             let names = t.keys().cloned().collect();
             drop(t);
             send(
@@ -431,18 +456,23 @@ mod tests {
 
     #[test]
     fn requests_have_the_documented_wire_form() {
-        let put = Request::Put {
-            name: "hub".into(),
-            meta: serde_json::json!({"minor": 40}),
+        let put = Request {
+            meta: serde_json::value::to_raw_value(&serde_json::json!({"minor": 40})).ok(),
+            ..Request::new(Op::Put, Some("hub"))
         };
         assert_eq!(
             serde_json::to_string(&put).unwrap_or_default(),
             r#"{"op":"put","name":"hub","meta":{"minor":40}}"#
         );
         let list: Result<Request, _> = serde_json::from_str(r#"{"op":"list"}"#);
-        assert!(matches!(list, Ok(Request::List)));
+        assert!(matches!(list, Ok(Request { op: Op::List, .. })));
         let get: Result<Request, _> = serde_json::from_str(r#"{"op":"get","name":"hub"}"#);
-        assert!(matches!(get, Ok(Request::Get { name }) if name == "hub"));
+        assert!(matches!(get, Ok(Request { op: Op::Get, name: Some(ref n), .. }) if n == "hub"));
+        // A put's meta is kept as the text it came as.
+        let put: Result<Request, _> =
+            serde_json::from_str(r#"{"op":"put","name":"hub","meta":{"a": [1, 2]}}"#);
+        let meta = put.ok().and_then(|p| p.meta).map(|m| m.get().to_owned());
+        assert_eq!(meta.as_deref(), Some(r#"{"a": [1, 2]}"#));
         assert_eq!(
             serde_json::to_string(&Reply::err("x")).unwrap_or_default(),
             r#"{"ok":false,"error":"x"}"#

@@ -129,6 +129,7 @@ fn holder_keeps_the_connection_alive_across_a_driver_crash() {
     let conn = first.state();
     assert!(conn.is_initialized());
     let meta = serde_json::json!({ "conn": conn, "volumes": [VOLUME] });
+    let meta = serde_json::value::to_raw_value(&meta).unwrap();
     holder::put(&sock, "hub", &meta, fd.as_fd()).expect("put the hub fd");
     assert_eq!(holder::list(&sock).unwrap(), ["hub"]);
     // A get of an unknown name is refused, and the error names socket and op.
