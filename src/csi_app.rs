@@ -23,13 +23,11 @@ use crate::csi_server::{self, ServeConfig, SocketError};
 use crate::k8s::{self, K8sError, KubeObserver, KubeSpcSource};
 use crate::metrics::{MeteredProvider, Metrics, MetricsObserver, ScrapeHook};
 use crate::observer::{CallObserver, VolumeObserver};
-use crate::provider::openbao::version::KEY_BYTES;
 use crate::provider::{OpenBaoProvider, Provider, ProviderError};
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::spc_source::{DirSpcSource, SpcSource};
 use crate::status;
-use crate::takeover::{self, Checkpointer, Released, Standby};
-use zeroize::Zeroizing;
+use crate::takeover::{self, Checkpointer, Handover, Released, Secrets, Standby};
 
 /// FUSE loops of the hub.
 const FUSE_THREADS: usize = 2;
@@ -89,25 +87,39 @@ struct Wiring {
     observer: Arc<dyn VolumeObserver>,
     calls: Arc<dyn CallObserver>,
     kube: Option<Arc<KubeObserver>>,
-    version_key: Zeroizing<[u8; KEY_BYTES]>,
+    /// What the provider hands a successor (version key, login tokens).
+    handover: Arc<dyn Handover>,
 }
 
 /// Kubernetes is used when SPCs come from the API (no `--spc-dir`) or a kubeconfig is given.
-/// `version_key`: a predecessor's, so unchanged objects keep their versions (and inodes).
+/// `handed`: a predecessor's credentials: its version key, so unchanged objects keep their
+/// versions (and inodes), and its login tokens, so volumes read without logging in again.
 async fn wire(
     args: &CsiArgs,
     metrics: &Arc<Metrics>,
-    version_key: Option<Zeroizing<[u8; KEY_BYTES]>>,
+    handed: Option<&Secrets>,
 ) -> Result<Wiring, CsiAppError> {
     // Volumes of one identity share a static read made within half a poll interval (issue 6).
     let mut config = args.openbao.config();
     config.share_window = args.rotation_poll_interval / 2;
-    let openbao = match version_key {
+    let openbao = match handed.and_then(|s| s.version_key.clone()) {
         Some(key) => OpenBaoProvider::with_version_key(config, key)?,
         None => OpenBaoProvider::new(config)?,
     };
-    let version_key = Zeroizing::new(*openbao.version_key());
-    let openbao: Arc<dyn Provider> = Arc::new(openbao);
+    if let Some(logins) = handed.and_then(|s| s.logins.as_ref()) {
+        match openbao.import_logins(logins) {
+            Some(n) => info!(
+                tokens = n,
+                "took over the predecessor's OpenBao login tokens"
+            ),
+            None => {
+                warn!("the predecessor's OpenBao login tokens are unreadable: logging in again")
+            }
+        }
+    }
+    let openbao = Arc::new(openbao);
+    let handover: Arc<dyn Handover> = openbao.clone();
+    let openbao: Arc<dyn Provider> = openbao;
     if let (Some(dir), None) = (&args.spc_dir, &args.kubeconfig) {
         let spcs = dir_source(dir)?;
         let observer = Arc::new(MetricsObserver::new(Arc::clone(metrics)));
@@ -117,7 +129,7 @@ async fn wire(
             observer: observer.clone(),
             calls: observer,
             kube: None,
-            version_key,
+            handover,
         });
     }
     let clients = k8s::clients(args.kubeconfig.as_deref()).await?;
@@ -139,7 +151,7 @@ async fn wire(
         observer: observer.clone(),
         calls: observer.clone(),
         kube: Some(observer),
-        version_key,
+        handover,
     })
 }
 
@@ -312,12 +324,11 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
         observer,
         calls,
         kube,
-        version_key,
+        handover,
     } = wire(
         &args,
         &metrics,
-        held.as_ref()
-            .and_then(|h| h.secrets.as_ref()?.version_key.clone()),
+        held.as_ref().and_then(|h| h.secrets.as_ref()),
     )
     .await?;
 
@@ -352,7 +363,8 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
     }
     let checkpointing = use_holder.then(|| {
         let checkpointer = Checkpointer::new(&args.state_dir);
-        let task = publisher.set_checkpointer(Arc::clone(&checkpointer), Some(version_key));
+        let task =
+            publisher.set_checkpointer(Arc::clone(&checkpointer), Some(Arc::clone(&handover)));
         (checkpointer, task)
     });
     if let Some((c, _)) = &checkpointing {

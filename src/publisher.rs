@@ -28,7 +28,7 @@ use crate::observer::{VolumeEvent, VolumeObserver};
 use crate::poller::{PollHealth, PolledVolume, Poller, earliest_refresh};
 use crate::provider::{BoxFuture, Provider, ProviderError};
 use crate::takeover::{
-    Checkpoint, CheckpointSource, Checkpointer, CredentialKind, FileRecord, PodRecord,
+    Checkpoint, CheckpointSource, Checkpointer, CredentialKind, FileRecord, Handover, PodRecord,
     RestoredVolume, Secrets, VolumeRecord,
 };
 use crate::volume::{Credentials, VolumeSpec};
@@ -169,14 +169,12 @@ pub struct Publisher {
     /// which they are refused (the successor serves them).
     gate: tokio::sync::RwLock<bool>,
     /// The provider's version key, handed to a successor with the credentials.
-    version_key: Mutex<Option<VersionKeyBytes>>,
+    handover: Mutex<Option<Arc<dyn Handover>>>,
     /// Targets of dead processes' volumes detached at start (their pods lost the volume).
     lost: Mutex<Vec<PathBuf>>,
     /// How this process started, for `baofs status`.
     origin: Mutex<String>,
 }
-
-type VersionKeyBytes = zeroize::Zeroizing<[u8; crate::provider::openbao::version::KEY_BYTES]>;
 
 /// The poller's observer: the real one, plus a checkpoint request after each rotation (new
 /// generations must reach the holder before a crash could lose them).
@@ -371,7 +369,7 @@ impl Publisher {
             target_locks: Mutex::new(HashMap::new()),
             checkpointer,
             gate: tokio::sync::RwLock::new(false),
-            version_key: Mutex::new(None),
+            handover: Mutex::new(None),
             lost: Mutex::new(lost),
             origin: Mutex::new("fresh".to_owned()),
         })
@@ -579,14 +577,15 @@ impl Publisher {
             .insert(target, mounted);
     }
 
-    /// Hands every change to `checkpointer` from now on (a holder keeps the hub), with the
-    /// provider's version key, which a successor needs to recognize unchanged files.
+    /// Hands every change to `checkpointer` from now on (a holder keeps the hub), with what the
+    /// provider hands over: its version key, which a successor needs to recognize unchanged
+    /// files, and its login tokens, which spare the successor a login per volume.
     pub fn set_checkpointer(
         self: &Arc<Self>,
         checkpointer: Arc<Checkpointer>,
-        version_key: Option<VersionKeyBytes>,
+        handover: Option<Arc<dyn Handover>>,
     ) -> tokio::task::JoinHandle<()> {
-        *self.version_key.lock().unwrap_or_else(|e| e.into_inner()) = version_key;
+        *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = handover;
         let _ = self.checkpointer.set(Arc::clone(&checkpointer));
         let me: Arc<dyn CheckpointSource> = Arc::clone(self) as Arc<dyn CheckpointSource>;
         checkpointer.start(Arc::downgrade(&me))
@@ -1098,11 +1097,15 @@ impl CheckpointSource for Publisher {
             });
         }
         records.sort_by_key(|r| r.slot);
-        let version_key = self
-            .version_key
+        let handover = self
+            .handover
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let (version_key, logins) = match handover {
+            Some(h) => (Some(h.version_key()), Some(h.logins())),
+            None => (None, None),
+        };
         Some((
             Checkpoint {
                 format: crate::takeover::FORMAT,
@@ -1116,6 +1119,7 @@ impl CheckpointSource for Publisher {
             Secrets {
                 version_key,
                 credentials,
+                logins,
             },
         ))
     }

@@ -184,6 +184,9 @@ pub struct Secrets {
     pub version_key: Option<Zeroizing<[u8; KEY_BYTES]>>,
     /// Credential per volume (by hub name).
     pub credentials: Vec<(String, Credentials)>,
+    /// The provider's login-token cache (`OpenBaoProvider::export_logins`), so a successor
+    /// reads without logging in again.
+    pub logins: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -194,15 +197,19 @@ impl std::fmt::Debug for Secrets {
                 &self.version_key.as_ref().map(|_| "<redacted>"),
             )
             .field("credentials", &self.credentials.len())
+            .field("logins", &self.logins.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
 
 const SECRETS_MAGIC: &[u8] = b"baofs-credentials 1\n";
+/// The line after which the provider's login export runs to the end of the credentials.
+const LOGINS_LINE: &[u8] = b"logins\n";
 
 impl Secrets {
     /// Serializes into one zeroizing buffer of exactly the right capacity (no reallocation
-    /// leaves copies): magic, `key <hex>`, then `<name>\t<j|t>\t<credential>` lines.
+    /// leaves copies): magic, `key <hex>`, then `<name>\t<j|t>\t<credential>` lines, then a
+    /// `logins` line followed by the provider's login export up to the end.
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let cred = |c: &Credentials| match c {
             Credentials::Jwt(s) => (b'j', s.expose().len()),
@@ -217,7 +224,11 @@ impl Secrets {
                 .credentials
                 .iter()
                 .map(|(n, c)| n.len() + 3 + cred(c).1 + 1)
-                .sum::<usize>();
+                .sum::<usize>()
+            + self
+                .logins
+                .as_ref()
+                .map_or(0, |l| LOGINS_LINE.len() + l.len());
         let mut out = Zeroizing::new(Vec::with_capacity(len));
         out.extend_from_slice(SECRETS_MAGIC);
         if let Some(key) = &self.version_key {
@@ -242,6 +253,10 @@ impl Secrets {
             out.extend_from_slice(secret.as_bytes());
             out.push(b'\n');
         }
+        if let Some(logins) = &self.logins {
+            out.extend_from_slice(LOGINS_LINE);
+            out.extend_from_slice(logins);
+        }
         out
     }
 
@@ -249,7 +264,21 @@ impl Secrets {
         let rest = bytes.strip_prefix(SECRETS_MAGIC)?;
         let mut version_key = None;
         let mut credentials = Vec::new();
-        for line in rest.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let mut logins = None;
+        let mut rest = rest;
+        while !rest.is_empty() {
+            let end = rest.iter().position(|&b| b == b'\n')?;
+            let line = &rest[..end];
+            rest = &rest[end + 1..];
+            if line == &LOGINS_LINE[..LOGINS_LINE.len() - 1] {
+                let mut l = Zeroizing::new(Vec::with_capacity(rest.len()));
+                l.extend_from_slice(rest);
+                logins = Some(l);
+                break;
+            }
+            if line.is_empty() {
+                continue;
+            }
             if let Some(hex) = line.strip_prefix(b"key ") {
                 let mut key = Zeroizing::new([0u8; KEY_BYTES]);
                 if hex.len() != KEY_BYTES * 2 {
@@ -278,6 +307,7 @@ impl Secrets {
         Some(Self {
             version_key,
             credentials,
+            logins,
         })
     }
 }
@@ -569,6 +599,26 @@ pub fn carry_over(
         {
             v.fetched = old.fetched;
         }
+    }
+}
+
+/// What the provider hands a successor besides the volumes' credentials (all secret: it goes
+/// into the `memfd_secret` region only).
+pub trait Handover: Send + Sync {
+    /// The key that makes version ids stable across processes.
+    fn version_key(&self) -> Zeroizing<[u8; KEY_BYTES]>;
+    /// The login-token cache, so the successor does not log every volume in again.
+    fn logins(&self) -> Zeroizing<Vec<u8>>;
+}
+
+impl Handover for crate::provider::openbao::OpenBaoProvider {
+    fn version_key(&self) -> Zeroizing<[u8; KEY_BYTES]> {
+        Zeroizing::new(*crate::provider::openbao::OpenBaoProvider::version_key(
+            self,
+        ))
+    }
+    fn logins(&self) -> Zeroizing<Vec<u8>> {
+        self.export_logins()
     }
 }
 
@@ -949,6 +999,8 @@ mod tests {
                     Credentials::Token(SecretString::new("s.tok".into())),
                 ),
             ],
+            // Binary, with newlines and tabs in it.
+            logins: Some(Zeroizing::new(b"baofs-logins\n\t\0s.login\n".to_vec())),
         };
         let bytes = s.encode();
         assert_eq!(
@@ -961,8 +1013,20 @@ mod tests {
         assert_eq!(back.credentials.len(), 2);
         assert!(matches!(&back.credentials[0].1, Credentials::Jwt(t) if t.expose() == "eyJ.a.b"));
         assert!(matches!(&back.credentials[1].1, Credentials::Token(t) if t.expose() == "s.tok"));
+        assert_eq!(
+            back.logins.as_deref().map(Vec::as_slice),
+            Some(&b"baofs-logins\n\t\0s.login\n"[..])
+        );
         let dbg = format!("{back:?}");
-        assert!(!dbg.contains("eyJ") && !dbg.contains("s.tok"), "{dbg}");
+        assert!(
+            !dbg.contains("eyJ") && !dbg.contains("s.tok") && !dbg.contains("s.login"),
+            "{dbg}"
+        );
+        let none = Secrets {
+            logins: None,
+            ..back
+        };
+        assert!(Secrets::decode(&none.encode()).is_some_and(|s| s.logins.is_none()));
         assert!(Secrets::decode(b"garbage").is_none());
     }
 
@@ -1024,6 +1088,7 @@ mod tests {
                 "with".into(),
                 Credentials::Jwt(SecretString::new("jwt".into())),
             )],
+            logins: None,
         };
         let v = restored_volumes(&cp, Some(&secrets));
         let spec = v[0].spec.as_ref().expect("spec");

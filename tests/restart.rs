@@ -989,6 +989,17 @@ async fn sigkill_driver_keeps_every_volume_readable() {
     assert_eq!(vols[1].read("user").unwrap(), vols[1].expected("user"));
     assert_status_lists(&n, &vols).await;
 
+    // The predecessor's login tokens were handed over: the successor refetched and polled
+    // every volume without logging in (the first driver logged in once per pod's JWT).
+    let (log1, log2) = (d1.log(), d2.log());
+    let logins = |log: &str| log.matches("logged in to OpenBao").count();
+    assert!(logins(&log1) >= 1, "driver-1 log:\n{log1}");
+    assert!(
+        log2.contains("took over the predecessor's OpenBao login tokens"),
+        "driver-2 log:\n{log2}"
+    );
+    assert_eq!(logins(&log2), 0, "driver-2 log:\n{log2}");
+
     let mut csi = d2.node().await;
     unpublish_all(&mut csi, &vols).await;
     d2.stop();

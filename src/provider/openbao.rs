@@ -509,6 +509,18 @@ impl OpenBaoProvider {
         self.versions.raw()
     }
 
+    /// The login-token cache for a successor process: valid tokens and accepted JWT digests.
+    /// Holds tokens: only ever into `memfd_secret` memory, never logged or persisted.
+    pub fn export_logins(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.tokens.export()
+    }
+
+    /// Takes over a predecessor's `export_logins`, so its volumes read without logging in
+    /// again. How many tokens were taken; `None` if `bytes` is not such an export.
+    pub fn import_logins(&self, bytes: &[u8]) -> Option<usize> {
+        self.tokens.import(bytes)
+    }
+
     fn build(config: OpenBaoConfig, versions: VersionKey) -> Result<Self, ProviderError> {
         let client = client_builder(&config)
             .build()

@@ -272,6 +272,231 @@ impl TokenCache {
     }
 }
 
+/// What starts a login handover (`TokenCache::export`).
+const HANDOVER_MAGIC: &[u8] = b"baofs-logins 1\n";
+
+/// Wall-clock milliseconds of `at` (an `Instant`), 0 when it is not in the future.
+fn wall_ms(at: Instant, now: Instant, wall_now: SystemTime) -> u64 {
+    let Some(left) = at.checked_duration_since(now) else {
+        return 0;
+    };
+    (wall_now + left)
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The `Instant` of wall-clock milliseconds `ms` (0: none), `None` when it has passed.
+fn instant_of(ms: u64, now: Instant, wall_now: SystemTime) -> Option<Instant> {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    now.checked_add(at.duration_since(wall_now).ok()?)
+}
+
+/// A reader over a handover buffer.
+struct Take<'a>(&'a [u8]);
+
+impl<'a> Take<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    fn digest(&mut self) -> Option<[u8; 32]> {
+        self.bytes(32)?.try_into().ok()
+    }
+    fn text(&mut self) -> Option<&'a str> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        std::str::from_utf8(self.bytes(n)?).ok()
+    }
+}
+
+impl TokenCache {
+    /// The cache for a successor process (a planned handoff or a crash): every token that is
+    /// still valid and every acceptance that has not expired, in one zeroizing buffer of exactly
+    /// the right size (tokens are secrets: the buffer only goes into `memfd_secret` memory).
+    /// Times travel as wall-clock milliseconds. A slot busy with a login is left out (the
+    /// successor logs in for it).
+    pub(crate) fn export(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
+        let slots: Vec<(LoginKey, Slot)> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, s)| (k.clone(), Arc::clone(s)))
+            .collect();
+        let mut tokens = Vec::new();
+        for (key, slot) in slots {
+            let Ok(guard) = slot.try_lock() else {
+                continue;
+            };
+            if let Some(t) = guard.as_ref()
+                && t.expires_at.is_none_or(|e| now < e)
+            {
+                tokens.push((key, t.clone()));
+            }
+        }
+        let accepted: Vec<([u8; 32], u64)> = self
+            .accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, exp)| exp.is_none_or(|e| wall_now < e))
+            .map(|(d, exp)| {
+                let secs = exp.and_then(|e| e.duration_since(UNIX_EPOCH).ok());
+                (*d, secs.map_or(0, |s| s.as_secs().max(1)))
+            })
+            .collect();
+        let text_len = |s: &str| 8 + s.len();
+        let len = HANDOVER_MAGIC.len()
+            + 8
+            + tokens
+                .iter()
+                .map(|(k, t)| {
+                    text_len(&k.address)
+                        + 1
+                        + k.namespace.as_deref().map_or(0, text_len)
+                        + 32
+                        + text_len(&k.mount)
+                        + text_len(&k.role)
+                        + 32
+                        + text_len(t.token.expose())
+                        + 8
+                        + 1
+                        + 8
+                        + 8
+                })
+                .sum::<usize>()
+            + 8
+            + accepted.len() * 40;
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(len));
+        let put_u64 = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_be_bytes());
+        let put_text = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        };
+        out.extend_from_slice(HANDOVER_MAGIC);
+        put_u64(&mut out, tokens.len() as u64);
+        for (k, t) in &tokens {
+            put_text(&mut out, &k.address);
+            match &k.namespace {
+                Some(ns) => {
+                    out.push(1);
+                    put_text(&mut out, ns);
+                }
+                None => out.push(0),
+            }
+            out.extend_from_slice(&k.tls);
+            put_text(&mut out, &k.mount);
+            put_text(&mut out, &k.role);
+            out.extend_from_slice(&k.subject);
+            put_text(&mut out, t.token.expose());
+            put_u64(
+                &mut out,
+                u64::try_from(t.ttl.as_millis()).unwrap_or(u64::MAX),
+            );
+            out.push(u8::from(t.renewable));
+            put_u64(
+                &mut out,
+                t.expires_at.map_or(0, |e| wall_ms(e, now, wall_now)),
+            );
+            put_u64(
+                &mut out,
+                t.refresh_at.map_or(0, |r| wall_ms(r, now, wall_now)),
+            );
+        }
+        put_u64(&mut out, accepted.len() as u64);
+        for (d, exp) in &accepted {
+            out.extend_from_slice(d);
+            put_u64(&mut out, *exp);
+        }
+        debug_assert_eq!(out.len(), len);
+        out
+    }
+
+    /// Takes over a predecessor's `export`: its valid tokens and acceptances join this cache
+    /// (an entry this cache already has is kept). Returns how many tokens were taken, or `None`
+    /// when the buffer is not a handover (then nothing is taken).
+    pub(crate) fn import(&self, bytes: &[u8]) -> Option<usize> {
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
+        let mut r = Take(bytes.strip_prefix(HANDOVER_MAGIC)?);
+        let mut tokens = Vec::new();
+        for _ in 0..r.u64()? {
+            let address = r.text()?.to_owned();
+            let namespace = match r.bytes(1)?[0] {
+                0 => None,
+                _ => Some(r.text()?.to_owned()),
+            };
+            let tls = r.digest()?;
+            let mount = r.text()?.to_owned();
+            let role = r.text()?.to_owned();
+            let subject = r.digest()?;
+            let token = SecretString::new(r.text()?.to_owned());
+            let ttl = Duration::from_millis(r.u64()?);
+            let renewable = r.bytes(1)?[0] != 0;
+            let (expires, refresh) = (r.u64()?, r.u64()?);
+            let expires_at = match expires {
+                0 => None,
+                ms => match instant_of(ms, now, wall_now) {
+                    Some(at) => Some(at),
+                    None => continue,
+                },
+            };
+            let refresh_at = match refresh {
+                0 => None,
+                // A refresh time that has passed means "renew or log in at first use".
+                ms => Some(instant_of(ms, now, wall_now).unwrap_or(now)),
+            };
+            let key = LoginKey {
+                address,
+                namespace,
+                tls,
+                mount,
+                role,
+                subject,
+            };
+            let cached = CachedToken {
+                token,
+                ttl,
+                renewable,
+                expires_at,
+                refresh_at,
+            };
+            tokens.push((key, cached));
+        }
+        let mut accepted = Vec::new();
+        for _ in 0..r.u64()? {
+            let d = r.digest()?;
+            let exp = match r.u64()? {
+                0 => None,
+                s => Some(UNIX_EPOCH + Duration::from_secs(s)),
+            };
+            accepted.push((d, exp));
+        }
+        let mut taken = 0;
+        for (key, cached) in tokens {
+            let slot = self.slot(&key);
+            if let Ok(mut guard) = slot.try_lock()
+                && guard.is_none()
+            {
+                *guard = Some(cached);
+                taken += 1;
+            }
+        }
+        for (d, exp) in accepted {
+            if exp.is_none_or(|e| wall_now < e) {
+                self.accept(d, exp);
+            }
+        }
+        Some(taken)
+    }
+}
+
 /// Drops entries that are empty or stale and not in use; if that is not enough, every entry
 /// not in use (they only cost a login).
 fn prune(slots: &mut HashMap<LoginKey, Slot>, now: Instant) {
@@ -294,6 +519,7 @@ impl fmt::Debug for TokenCache {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn key(jwt: &str) -> LoginKey {
@@ -450,5 +676,55 @@ mod tests {
             Instant::now(),
         );
         assert!(!format!("{t:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn a_handover_carries_valid_tokens_and_acceptances_only() {
+        let old = TokenCache::default();
+        let now = Instant::now();
+        let (a, b) = (key("a.b.c"), key("d.e.f"));
+        *old.slot(&a).try_lock().unwrap() = Some(CachedToken::new(
+            SecretString::new("s.alive".into()),
+            Duration::from_secs(3600),
+            true,
+            now,
+        ));
+        // Issued long ago with a 1 s lease: expired, not handed over.
+        let mut dead = CachedToken::new(
+            SecretString::new("s.dead".into()),
+            Duration::from_secs(1),
+            false,
+            now,
+        );
+        dead.expires_at = now.checked_sub(Duration::from_secs(1));
+        *old.slot(&b).try_lock().unwrap() = Some(dead);
+        let later = SystemTime::now() + Duration::from_secs(600);
+        old.accept([1; 32], Some(later));
+        old.accept([2; 32], None);
+        old.accept([3; 32], Some(SystemTime::now() - Duration::from_secs(1)));
+
+        let bytes = old.export();
+        assert!(!format!("{old:?}").contains("s.alive"));
+        let new = TokenCache::default();
+        assert_eq!(new.import(&bytes), Some(1));
+        let got = new.slot(&a).try_lock().unwrap().clone().unwrap();
+        assert_eq!(got.token.expose(), "s.alive");
+        assert_eq!(got.ttl(), Duration::from_secs(3600));
+        assert!(got.is_fresh(Instant::now()) && got.can_renew(Instant::now()));
+        let refresh = got.refresh_at().unwrap();
+        let expected = now + Duration::from_secs(2400);
+        assert!(refresh.max(expected) - refresh.min(expected) < Duration::from_secs(2));
+        assert!(
+            new.slot(&b).try_lock().unwrap().is_none(),
+            "expired token taken"
+        );
+        assert!(new.is_accepted(&[1; 32]) && new.is_accepted(&[2; 32]));
+        assert!(!new.is_accepted(&[3; 32]));
+        // Not a handover: nothing taken.
+        assert_eq!(TokenCache::default().import(b"garbage"), None);
+        assert_eq!(
+            TokenCache::default().import(&bytes[..bytes.len() - 3]),
+            None
+        );
     }
 }
