@@ -280,6 +280,23 @@ pub struct CachedVolume {
     write: Mutex<Option<Vec<Option<PriorVersion>>>>,
 }
 
+/// A volume to re-create in its predecessor's slot (`SecretCache::restore_all`).
+#[derive(Debug)]
+pub struct Restore {
+    /// The volume's hub name.
+    pub id: String,
+    /// Its slot (the high bits of its inode numbers).
+    pub slot: u32,
+    /// Its file tree, built from the same objects as before.
+    pub layout: Layout,
+    /// Owner of its files.
+    pub ownership: Ownership,
+    /// When it was first created.
+    pub created_at: SystemTime,
+    /// What the predecessor served, per file.
+    pub prior: Vec<PriorVersion>,
+}
+
 /// What a predecessor process served for one file, from its checkpoint (no value): enough for
 /// a successor to keep the file's inode when the refetched content is the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,43 +522,69 @@ impl SecretCache {
         created_at: SystemTime,
         prior: Vec<PriorVersion>,
     ) -> Result<Arc<CachedVolume>, CacheError> {
-        if !valid_volume_id(id) {
-            return Err(CacheError::InvalidVolumeId(id.to_owned()));
-        }
-        if slot == 0 || slot > MAX_SLOT {
-            return Err(CacheError::NoFreeSlot);
-        }
-        let mut last_slot = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.by_id.load().contains_key(id) {
-            return Err(CacheError::AlreadyExists(id.to_owned()));
-        }
-        let slots = self.by_slot.load_full();
-        if slots.contains_key(&slot) {
-            return Err(CacheError::AlreadyExists(format!("{id} (slot {slot})")));
-        }
-        let mut by_node: Vec<Option<PriorVersion>> = vec![None; layout.len()];
-        for p in prior {
-            if let Some(entry) = by_node.get_mut(usize::from(p.node)) {
-                *entry = Some(p);
-            }
-        }
-        let vol = Arc::new(CachedVolume {
+        let one = Restore {
             id: id.to_owned(),
             slot,
             layout,
             ownership,
             created_at,
-            current: ArcSwap::from_pointee(Snapshot::default()),
-            write: Mutex::new(Some(by_node)),
-        });
-        let mut by_slot = (*slots).clone();
-        by_slot.insert(slot, Arc::clone(&vol));
+            prior,
+        };
+        self.restore_all(vec![one])
+            .into_iter()
+            .next()
+            .unwrap_or(Err(CacheError::NoFreeSlot))
+    }
+
+    /// `restore` for many volumes at once (a takeover): the volume maps are copied once, not
+    /// once per volume (1000 volumes one by one took 76 ms inside a handoff's gap, measured).
+    /// One result per request, in order.
+    pub fn restore_all(&self, volumes: Vec<Restore>) -> Vec<Result<Arc<CachedVolume>, CacheError>> {
+        let mut last_slot = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_slot = (*self.by_slot.load_full()).clone();
         let mut by_id = (*self.by_id.load_full()).clone();
-        by_id.insert(id.to_owned(), slot);
+        let out = volumes
+            .into_iter()
+            .map(|r| {
+                if !valid_volume_id(&r.id) {
+                    return Err(CacheError::InvalidVolumeId(r.id));
+                }
+                if r.slot == 0 || r.slot > MAX_SLOT {
+                    return Err(CacheError::NoFreeSlot);
+                }
+                if by_id.contains_key(&r.id) {
+                    return Err(CacheError::AlreadyExists(r.id));
+                }
+                if by_slot.contains_key(&r.slot) {
+                    return Err(CacheError::AlreadyExists(format!(
+                        "{} (slot {})",
+                        r.id, r.slot
+                    )));
+                }
+                let mut by_node: Vec<Option<PriorVersion>> = vec![None; r.layout.len()];
+                for p in r.prior {
+                    if let Some(entry) = by_node.get_mut(usize::from(p.node)) {
+                        *entry = Some(p);
+                    }
+                }
+                let vol = Arc::new(CachedVolume {
+                    id: r.id.clone(),
+                    slot: r.slot,
+                    layout: r.layout,
+                    ownership: r.ownership,
+                    created_at: r.created_at,
+                    current: ArcSwap::from_pointee(Snapshot::default()),
+                    write: Mutex::new(Some(by_node)),
+                });
+                by_slot.insert(r.slot, Arc::clone(&vol));
+                by_id.insert(r.id, r.slot);
+                *last_slot = (*last_slot).max(r.slot);
+                Ok(vol)
+            })
+            .collect();
         self.by_slot.store(Arc::new(by_slot));
         self.by_id.store(Arc::new(by_id));
-        *last_slot = (*last_slot).max(slot);
-        Ok(vol)
+        out
     }
 
     /// Removes a volume. Its values are wiped once the kernel forgets the inodes still open.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cli::CsiArgs;
 use crate::csi_server::{self, ServeConfig, SocketError};
@@ -211,6 +211,7 @@ async fn take_over(
     let mut volumes = takeover::restored_volumes(&held.checkpoint, held.secrets.as_ref());
     takeover::prefetch(&provider, &mut volumes, PREFETCH_PARALLEL).await;
     let mut gap_from = None;
+    let mut exact = false;
     if let Some(mut standby) = standby {
         match standby.ready() {
             Ok(()) => {
@@ -228,10 +229,14 @@ async fn take_over(
         }
         // The final checkpoint; what was prefetched is kept for volumes that did not change.
         let state_dir = args.state_dir.clone();
+        let released = std::time::Instant::now();
+        let ms = move || released.elapsed().as_secs_f64() * 1e3;
         match tokio::task::spawn_blocking(move || takeover::fetch(&state_dir)).await {
             Ok(Ok(Some(last))) => {
+                debug!(ms = ms(), "handoff: final checkpoint read");
                 let mut last_volumes =
                     takeover::restored_volumes(&last.checkpoint, last.secrets.as_ref());
+                debug!(ms = ms(), "handoff: volumes rebuilt");
                 takeover::carry_over(
                     volumes,
                     &mut last_volumes,
@@ -239,6 +244,8 @@ async fn take_over(
                     &last.checkpoint,
                 );
                 takeover::prefetch(&provider, &mut last_volumes, PREFETCH_PARALLEL).await;
+                debug!(ms = ms(), "handoff: changed volumes fetched");
+                exact = gap_from.is_some();
                 volumes = last_volumes;
                 held = last;
             }
@@ -257,6 +264,7 @@ async fn take_over(
         &held.checkpoint,
         held.fd,
         volumes,
+        exact,
     )
     .await?;
     info!(volumes = count, with_values, hub = %held.checkpoint.hub_dir.display(), "took over the hub the holder kept");

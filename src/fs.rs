@@ -381,21 +381,27 @@ impl Fs {
         });
     }
 
-    /// Gives inherited inodes of volume `slot` that name the current version its value, so
-    /// they keep serving it after a later rotation.
-    pub fn adopt_values(&self, slot: u32) {
+    /// Gives the inherited inodes of volume `slot` (`generations`, as given to `inherit`) that
+    /// name the current version its value, so they keep serving it after a later rotation.
+    /// Looks up only those inodes: a takeover calls this for every volume.
+    pub fn adopt_values(&self, slot: u32, generations: &[(u16, u32)]) {
         let Some(vol) = self.cache.by_slot(slot) else {
             return;
         };
         let mut live = self.live();
-        for (ino, entry) in live.iter_mut() {
-            let Some(decoded) = Ino::decode(*ino) else {
+        for &(node, generation) in generations {
+            let ino = Ino {
+                slot,
+                node,
+                generation,
+            };
+            let Some(entry) = live.get_mut(&ino.encode()) else {
                 continue;
             };
-            if decoded.slot != slot || !entry.inherited || entry.file.is_some() {
+            if !entry.inherited || entry.file.is_some() {
                 continue;
             }
-            if let Ok((attr, Some(value))) = self.current_attr_of(&vol, decoded) {
+            if let Ok((attr, Some(value))) = self.current_attr_of(&vol, ino) {
                 entry.file = Some((value, attr));
             }
         }
@@ -683,7 +689,7 @@ mod tests {
         let mut values = fetched(&objs, &["old"]);
         values[0].version = "v-old".into();
         assert!(vol.replace(values).expect("replace").is_empty());
-        fs.adopt_values(9);
+        fs.adopt_values(9, &[(node, 3)]);
         let old = Ino {
             slot: 9,
             node,

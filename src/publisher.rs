@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::{CacheError, Layout, SecretCache};
 use crate::fs::Fs;
@@ -381,7 +381,9 @@ impl Publisher {
     /// had read but not answered), retires what changed while nobody served, and resumes
     /// polling. Volumes whose values could not be fetched stay listed and are retried by the
     /// poller; their uncached files answer "not found" until then. Returns the publisher, how
-    /// many volumes have values, and when the connection was served again.
+    /// many volumes have values, and when the connection was served again. `exact`: the
+    /// checkpoint is a handoff's final one, so the `+ 1`/`+ 2` generations a crashed owner may
+    /// have handed out need no retiring.
     pub async fn take_over(
         config: PublisherConfig,
         provider: Arc<dyn Provider>,
@@ -389,6 +391,7 @@ impl Publisher {
         checkpoint: &Checkpoint,
         fd: OwnedFd,
         restored: Vec<RestoredVolume>,
+        exact: bool,
     ) -> Result<(Arc<Self>, usize, std::time::Instant), PublishError> {
         let cache = Arc::new(SecretCache::new());
         let fs = Arc::new(Fs::new(Arc::clone(&cache)));
@@ -397,7 +400,12 @@ impl Publisher {
             source,
         };
         std::fs::create_dir_all(&config.state_dir).map_err(state_err)?;
+        let started = std::time::Instant::now();
         let mut lost = clean_stale_hubs(&config.state_dir, Some(&checkpoint.hub_dir));
+        debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "takeover: stale hubs cleaned"
+        );
 
         // 1. The cache, before the first request is served.
         struct Ready {
@@ -410,6 +418,9 @@ impl Publisher {
             refresh_at: Option<SystemTime>,
         }
         let mut ready = Vec::new();
+        // Specs and layouts first; then every volume goes into the cache at once.
+        let mut staged = Vec::with_capacity(restored.len());
+        let mut requests = Vec::with_capacity(restored.len());
         for r in restored {
             let RestoredVolume {
                 record,
@@ -438,17 +449,29 @@ impl Publisher {
                     continue;
                 }
             };
-            let spec_ref = spec.as_ref();
-            let cached = layout.and_then(|l| {
-                cache.restore(
-                    &record.name,
-                    record.slot,
-                    l,
-                    spec_ref.map(|s| s.ownership).unwrap_or_default(),
-                    record.created_at,
-                    prior,
-                )
+            let layout = match layout {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(volume = %record.volume_id, error = %e, "cannot restore a volume: its target is detached");
+                    let _ = fuse::mount::unmount(&record.target);
+                    lost.push(record.target.clone());
+                    continue;
+                }
+            };
+            requests.push(crate::cache::Restore {
+                id: record.name.clone(),
+                slot: record.slot,
+                layout,
+                ownership: spec.as_ref().map(|s| s.ownership).unwrap_or_default(),
+                created_at: record.created_at,
+                prior,
             });
+            staged.push((record, spec, generations, fetched, pending));
+        }
+        let caches = cache.restore_all(requests);
+        for ((record, spec, generations, fetched, pending), cached) in
+            staged.into_iter().zip(caches)
+        {
             let cached = match cached {
                 Ok(c) => c,
                 Err(e) => {
@@ -474,7 +497,7 @@ impl Publisher {
                     None,
                 ),
             };
-            fs.adopt_values(record.slot);
+            fs.adopt_values(record.slot, &generations);
             ready.push(Ready {
                 record,
                 spec,
@@ -486,6 +509,11 @@ impl Publisher {
             });
         }
 
+        debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            volumes = ready.len(),
+            "takeover: cache restored"
+        );
         // 2. Serve the connection.
         let hub = Hub::adopt(
             &checkpoint.hub_dir,
@@ -509,7 +537,11 @@ impl Publisher {
         let mut invalidations = Vec::new();
         for r in &ready {
             invalidations.extend(this.fs.invalidations(&r.changes));
-            invalidations.extend(this.fs.restart_invalidations(r.record.slot, &r.generations));
+            // A final checkpoint of a handoff is exact (the owner stopped its pollers first):
+            // no generation beyond it was handed out.
+            if !exact {
+                invalidations.extend(this.fs.restart_invalidations(r.record.slot, &r.generations));
+            }
         }
         if let Ok(inv) = this.with_hub(|h| h.invalidator()) {
             inv.invalidate(invalidations).await;
