@@ -206,6 +206,20 @@ pub fn put(
 
 /// The fd held under `name` (a new fd for the same open file description) and its meta.
 pub fn get(sock: &Path, name: &str) -> Result<(Value, OwnedFd), HolderError> {
+    let (raw, fd) = get_raw(sock, name)?;
+    let meta = match raw {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| HolderError::Protocol {
+            op: "get",
+            path: sock.to_path_buf(),
+            detail: e.to_string(),
+        })?,
+        None => Value::Null,
+    };
+    Ok((meta, fd))
+}
+
+/// `get`, with the meta as the JSON text it was put with (to parse straight into a type).
+pub fn get_raw(sock: &Path, name: &str) -> Result<(Option<Box<RawValue>>, OwnedFd), HolderError> {
     let (reply, mut fds) = call(sock, &Request::new(Op::Get, Some(name)), None)?;
     let proto = |detail: &str| HolderError::Protocol {
         op: "get",
@@ -216,11 +230,7 @@ pub fn get(sock: &Path, name: &str) -> Result<(Value, OwnedFd), HolderError> {
         return Err(proto(&format!("expected 1 fd, got {}", fds.len())));
     }
     let fd = fds.remove(0);
-    let meta = match reply.meta {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| proto(&e.to_string()))?,
-        None => Value::Null,
-    };
-    Ok((meta, fd))
+    Ok((reply.meta, fd))
 }
 
 /// Closes the fd held under `name` (its connection is aborted if no one else holds it).

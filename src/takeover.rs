@@ -362,13 +362,15 @@ pub fn fetch(state_dir: &Path) -> Result<Option<Held>, TakeoverError> {
     if !holder::list(&socket)?.iter().any(|n| n == HUB_ENTRY) {
         return Ok(None);
     }
-    let (meta, fd) = holder::get(&socket, HUB_ENTRY)?;
+    let (meta, fd) = holder::get_raw(&socket, HUB_ENTRY)?;
     let bad = |reason: String| TakeoverError::Checkpoint {
         socket: socket.clone(),
         reason,
     };
+    let meta = meta.ok_or_else(|| bad("the hub has no checkpoint".into()))?;
+    // Straight from the text (no JSON tree): this runs inside a handoff's gap.
     let checkpoint: Checkpoint =
-        serde_json::from_value(meta).map_err(|e| bad(format!("unreadable: {e}")))?;
+        serde_json::from_str(meta.get()).map_err(|e| bad(format!("unreadable: {e}")))?;
     if checkpoint.format != FORMAT {
         return Err(bad(format!(
             "format {} written by baofs {}; this build reads format {FORMAT}",
