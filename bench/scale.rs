@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/audited_bao.rs"]
+mod audited_bao;
+
+use audited_bao::{AuditedBao, Counts};
 use baofs::observer::NoObserver;
 use baofs::provider::openbao::OpenBaoConfig;
 use baofs::provider::{OpenBaoProvider, Provider};
@@ -238,122 +242,12 @@ spec:
     assert_eq!(poll.logins, 0, "a poll logged in while the token was valid");
 }
 
-/// OpenBao requests seen in the audit log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    logins: usize,
-    reads: usize,
-}
-
-/// A dev OpenBao with a file audit device; killed when dropped.
-struct AuditedBao {
-    child: std::process::Child,
-    addr: String,
-    audit: PathBuf,
-}
-
-impl Drop for AuditedBao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl AuditedBao {
-    fn start(dir: &Path) -> Self {
-        let bin = env("BAOFS_TEST_BAO_BIN");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let audit = dir.join("audit.log");
-        let config = dir.join("audit.hcl");
-        std::fs::write(
-            &config,
-            format!(
-                "audit \"file\" \"bench\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
-                audit.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("openbao.log")).unwrap();
-        let child = std::process::Command::new(bin)
-            .args(["server", "-dev", "-dev-root-token-id=root"])
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg(format!("-config={}", config.display()))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let bao = Self {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-            audit,
-        };
-        let client = reqwest::blocking::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut delay = Duration::from_millis(10);
-        loop {
-            let healthy = client
-                .get(format!("{}/v1/sys/health", bao.addr))
-                .send()
-                .is_ok_and(|r| r.status().as_u16() == 200);
-            if healthy {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the audited OpenBao did not start"
-            );
-            // Back-off between health checks, not synchronisation.
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(200));
-        }
-        bao
-    }
-
-    fn call(&self, method: reqwest::Method, path: &str, body: serde_json::Value) {
-        let resp = reqwest::blocking::Client::new()
-            .request(method, format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", "root")
-            .json(&body)
-            .send()
-            .unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    }
-
-    /// Logins at `auth/kubernetes/login` and reads of `secret/data/<prefix>*`.
-    fn counts(&self, prefix: &str) -> Counts {
-        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
-        let entries: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|e: &serde_json::Value| e["type"] == "request")
-            .collect();
-        let path = |e: &serde_json::Value| e["request"]["path"].as_str().unwrap_or("").to_owned();
-        Counts {
-            logins: entries
-                .iter()
-                .filter(|e| path(e) == "auth/kubernetes/login")
-                .count(),
-            reads: entries
-                .iter()
-                .filter(|e| {
-                    e["request"]["operation"] == "read"
-                        && path(e).starts_with(&format!("secret/data/{prefix}"))
-                })
-                .count(),
-        }
-    }
-}
-
 /// The sharing figures: `n` volumes of one SPC and one service account; returns one poll's
 /// counts.
 fn sharing(rt: &tokio::runtime::Runtime, work: &Path, n: usize) -> Counts {
     let dir = work.join("share");
     std::fs::create_dir_all(&dir).unwrap();
-    let bao = AuditedBao::start(&dir);
+    let bao = AuditedBao::start(&env("BAOFS_TEST_BAO_BIN"), &dir);
     let keys = RsaKeys::generate(&dir);
     let kib = "s".repeat(1024);
     for key in ["a", "b", "c"] {
@@ -493,6 +387,7 @@ spec:
     let poll = Counts {
         logins: polled.logins - published.logins,
         reads: polled.reads - published.reads,
+        ..Counts::default()
     };
     println!(
         "sharing, {n} volumes x 3 objects, one service account (one JWT per pod), counted in OpenBao's audit log:"

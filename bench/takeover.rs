@@ -31,6 +31,8 @@
 //! `BENCH_KEEP_LOGS=1` (the path is printed).
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/audited_bao.rs"]
+mod audited_bao;
 #[path = "../tests/common/bao.rs"]
 mod bao;
 #[path = "../tests/common/csi_fixture.rs"]
@@ -38,9 +40,8 @@ mod fixture;
 #[path = "../tests/common/process.rs"]
 mod process;
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom};
-use std::os::unix::net::UnixStream;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,15 +51,15 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use baofs_csi::v1::node_client::NodeClient;
-use serde_json::Value;
 use tonic::transport::Channel;
 
+use audited_bao::AuditedBao;
 use bao::Bao;
 use fixture::{
-    AUDIENCE, NODE_ID, Pod, TempDir, connect, is_mounted, mounts_under, publish_request,
-    tokens_json, unique, unpublish_request, volume_id, write_spc,
+    AUDIENCE, NODE_ID, Pod, TempDir, connect, is_mounted, kubelet_target, mounts_under,
+    publish_request, tokens_json, unique, unpublish_request, volume_id, write_spc,
 };
-use process::{terminate, wait_exit};
+use process::{read_lossy, spawn_holder, stop, terminate, wait_exit};
 
 const NS: &str = "bench";
 const FILES: [&str; 3] = ["a", "b", "c"];
@@ -107,14 +108,21 @@ fn describe_process(pid: u32) -> String {
     format!("RSS {:.1} MiB, {threads} threads", rss as f64 / 1024.0)
 }
 
-fn read_lossy(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
 fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("write /proc/sys/vm/drop_caches");
+}
+
+/// Every target still has the mount it had in `before` (same mount id: not remounted).
+fn assert_not_remounted(vols: &[Vol], before: &HashMap<PathBuf, u64>) {
+    let after = mount_ids();
+    for v in vols {
+        assert_eq!(
+            after.get(&v.target),
+            before.get(&v.target),
+            "{} was remounted",
+            v.target.display()
+        );
+    }
 }
 
 /// Mount ids (first mountinfo field) by mount point.
@@ -128,128 +136,6 @@ fn mount_ids() -> HashMap<PathBuf, u64> {
             Some((PathBuf::from(f.nth(3)?), id))
         })
         .collect()
-}
-
-// -------------------------------------------------------------------------------------------
-// OpenBao with a file audit device
-
-struct AuditedBao {
-    child: Child,
-    addr: String,
-    audit: PathBuf,
-}
-
-impl Drop for AuditedBao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// OpenBao requests in a stretch of the audit log.
-#[derive(Default)]
-struct Counts {
-    logins: usize,
-    reads: usize,
-    /// Every other request path, with its count.
-    other: BTreeMap<String, usize>,
-}
-
-impl std::fmt::Display for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} logins, {} secret reads", self.logins, self.reads)?;
-        if !self.other.is_empty() {
-            let other: Vec<String> = self.other.iter().map(|(p, n)| format!("{p} {n}")).collect();
-            write!(f, ", other: {}", other.join(", "))?;
-        }
-        Ok(())
-    }
-}
-
-impl AuditedBao {
-    fn start(dir: &Path) -> Self {
-        let bin = required_env("BAOFS_TEST_BAO_BIN");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let audit = dir.join("audit.log");
-        let config = dir.join("audit.hcl");
-        std::fs::write(
-            &config,
-            format!(
-                "audit \"file\" \"bench\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
-                audit.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("openbao.log")).unwrap();
-        let child = Command::new(bin)
-            .args(["server", "-dev", "-dev-root-token-id=root"])
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg(format!("-config={}", config.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let bao = Self {
-            child,
-            addr: format!("http://127.0.0.1:{port}"),
-            audit,
-        };
-        let client = reqwest::blocking::Client::new();
-        let start = Instant::now();
-        let mut delay = Duration::from_millis(10);
-        while !client
-            .get(format!("{}/v1/sys/health", bao.addr))
-            .send()
-            .is_ok_and(|r| r.status().as_u16() == 200)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the audited OpenBao did not start:\n{}",
-                read_lossy(&dir.join("openbao.log"))
-            );
-            // Back-off between health checks.
-            thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(200));
-        }
-        bao
-    }
-
-    /// Where the audit log ends now.
-    fn offset(&self) -> u64 {
-        std::fs::metadata(&self.audit).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Requests logged after `from` (an [`Self::offset`]): logins at `auth/kubernetes/login`,
-    /// reads of `secret/data/<prefix>*`, and the rest by path.
-    fn counts_since(&self, from: u64, prefix: &str) -> Counts {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.audit) {
-            f.seek(SeekFrom::Start(from)).unwrap();
-            f.read_to_string(&mut text).unwrap();
-        }
-        let mut c = Counts::default();
-        let read_prefix = format!("secret/data/{prefix}");
-        for e in text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["type"] == "request")
-        {
-            let path = e["request"]["path"].as_str().unwrap_or("");
-            if path == "auth/kubernetes/login" {
-                c.logins += 1;
-            } else if path.starts_with(&read_prefix) && e["request"]["operation"] == "read" {
-                c.reads += 1;
-            } else {
-                *c.other.entry(path.to_owned()).or_default() += 1;
-            }
-        }
-        c
-    }
 }
 
 // -------------------------------------------------------------------------------------------
@@ -284,28 +170,7 @@ impl Node {
     }
 
     fn start_holder(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_baofs"))
-            .args(["holder", "--state-dir"])
-            .arg(&self.state)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&self.holder_log).unwrap())
-            .spawn()
-            .expect("spawn baofs holder");
-        self.holder = Some(child);
-        let sock = baofs::holder::socket_path(&self.state);
-        let start = Instant::now();
-        while UnixStream::connect(&sock).is_err() {
-            if let Some(status) = self.holder.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "baofs holder exited early ({status}):\n{}",
-                    read_lossy(&self.holder_log)
-                );
-            }
-            assert!(start.elapsed() < DEADLINE, "the holder socket did not open");
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.holder = Some(spawn_holder(&self.state, &self.holder_log, DEADLINE));
     }
 
     fn holder_pid(&self) -> u32 {
@@ -359,12 +224,7 @@ impl Node {
     }
 
     fn target(&self, pod_uid: &str) -> PathBuf {
-        let parent = self
-            .dir
-            .path
-            .join(format!("pods/{pod_uid}/volumes/kubernetes.io~csi/secrets/"));
-        std::fs::create_dir_all(&parent).unwrap();
-        parent.join("mount")
+        kubelet_target(&self.dir.path, pod_uid, "secrets")
     }
 
     /// Unmounts the hub a driver left to the holder (nothing else may be left), then stops
@@ -379,12 +239,7 @@ impl Node {
             detach(mp);
         }
         let mut holder = self.holder.take().unwrap();
-        terminate(&mut holder);
-        let status = wait_exit(&mut holder, Duration::from_secs(30));
-        if status.is_none() {
-            let _ = holder.kill();
-            let _ = holder.wait();
-        }
+        let status = stop(&mut holder, Duration::from_secs(30));
         assert!(
             status.is_some_and(|s| s.success()),
             "baofs holder did not exit cleanly ({status:?}):\n{}",
@@ -402,11 +257,7 @@ impl Drop for Node {
             detach(&mp);
         }
         if let Some(mut child) = self.holder.take() {
-            terminate(&mut child);
-            if wait_exit(&mut child, Duration::from_secs(30)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            stop(&mut child, Duration::from_secs(30));
         }
         if self.keep_logs {
             // TempDir removes the directory: keep the logs next to it.
@@ -720,7 +571,7 @@ fn main() {
     let mut node = Node::new(keep_logs);
     let bao_dir = node.dir.path.join("openbao");
     std::fs::create_dir_all(&bao_dir).unwrap();
-    let audited = AuditedBao::start(&bao_dir);
+    let audited = AuditedBao::start(&required_env("BAOFS_TEST_BAO_BIN"), &bao_dir);
     let bao = Bao::new(&audited.addr, "root");
     let run = unique("tk");
 
@@ -927,15 +778,7 @@ fn main() {
     println!("   OpenBao requests between the kill and `took over`: {takeover_counts}");
     println!("   driver after the takeover: {}", describe_process(d2.pid));
     assert_no_errors("crash", &crash);
-    let after = mount_ids();
-    for v in &vols {
-        assert_eq!(
-            after.get(&v.target),
-            ids_before.get(&v.target),
-            "{} was remounted",
-            v.target.display()
-        );
-    }
+    assert_not_remounted(&vols, &ids_before);
     readers.stop();
     let checked = check_all(&vols, &run);
     println!(
@@ -1003,15 +846,7 @@ fn main() {
     assert_no_errors("prefetch", &prefetching);
     assert_no_errors("handoff", &handoff);
     readers.stop();
-    let after = mount_ids();
-    for v in &vols {
-        assert_eq!(
-            after.get(&v.target),
-            ids_before.get(&v.target),
-            "{} was remounted",
-            v.target.display()
-        );
-    }
+    assert_not_remounted(&vols, &ids_before);
     drop_caches();
     let checked = check_all(&vols, &run);
     println!(

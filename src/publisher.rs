@@ -270,6 +270,20 @@ fn clean_stale_hubs(state_dir: &Path, keep: Option<&Path>) -> Vec<PathBuf> {
     lost
 }
 
+/// A volume a takeover cannot restore (its SPC no longer parses, no slot, ...): its target is
+/// detached, so its pod sees an empty directory instead of a mount nobody serves, and it is
+/// reported as lost.
+fn detach_unrestorable(record: &VolumeRecord, error: &str, lost: &mut Vec<PathBuf>) {
+    warn!(
+        volume = %record.volume_id,
+        target = %record.target.display(),
+        error,
+        "cannot restore a volume: its target is detached"
+    );
+    let _ = fuse::mount::unmount(&record.target);
+    lost.push(record.target.clone());
+}
+
 fn prepare_hub_dir(state_dir: &Path) -> Result<(PathBuf, Vec<PathBuf>), PublishError> {
     use std::os::unix::fs::PermissionsExt;
     let state_err = |source| PublishError::State {
@@ -431,30 +445,14 @@ impl Publisher {
             } = r;
             let generations: Vec<(u16, u32)> =
                 prior.iter().map(|p| (p.node, p.generation)).collect();
-            let (spec, spec_error) = match spec {
-                Ok(s) => (Some(s), None),
-                Err(e) => (None, Some(e)),
-            };
-            let layout = match &spec {
-                Some(s) => Layout::new(&s.id, &s.spc.objects),
-                None => {
-                    warn!(
-                        volume = %record.volume_id,
-                        target = %record.target.display(),
-                        error = spec_error.as_deref().unwrap_or(""),
-                        "cannot restore a volume: its target is detached"
-                    );
-                    let _ = fuse::mount::unmount(&record.target);
-                    lost.push(record.target.clone());
-                    continue;
-                }
-            };
-            let layout = match layout {
-                Ok(l) => l,
+            let restorable = spec.and_then(|s| match Layout::new(&s.id, &s.spc.objects) {
+                Ok(l) => Ok((s, l)),
+                Err(e) => Err(e.to_string()),
+            });
+            let (spec, layout) = match restorable {
+                Ok((s, l)) => (Some(s), l),
                 Err(e) => {
-                    warn!(volume = %record.volume_id, error = %e, "cannot restore a volume: its target is detached");
-                    let _ = fuse::mount::unmount(&record.target);
-                    lost.push(record.target.clone());
+                    detach_unrestorable(&record, &e, &mut lost);
                     continue;
                 }
             };
@@ -475,9 +473,7 @@ impl Publisher {
             let cached = match cached {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(volume = %record.volume_id, error = %e, "cannot restore a volume: its target is detached");
-                    let _ = fuse::mount::unmount(&record.target);
-                    lost.push(record.target.clone());
+                    detach_unrestorable(&record, &e.to_string(), &mut lost);
                     continue;
                 }
             };

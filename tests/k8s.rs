@@ -46,7 +46,7 @@ mod bao;
 #[path = "common/process.rs"]
 mod process;
 use bao::Bao;
-use process::{terminate, wait_exit};
+use process::{spawn_holder, terminate, wait_exit};
 
 const NODE_ID: &str = "k8s-test-node";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -741,32 +741,7 @@ impl Node {
         assert!(self.holder.is_none(), "a holder already runs");
         self.holders += 1;
         self.holder_log = self.dir.join(format!("holder-{}.log", self.holders));
-        let child = Command::new(env!("CARGO_BIN_EXE_baofs"))
-            .args(["holder", "--state-dir"])
-            .arg(&self.state)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&self.holder_log).unwrap())
-            .spawn()
-            .expect("spawn baofs holder");
-        self.holder = Some(child);
-        let sock = baofs::holder::socket_path(&self.state);
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            if let Some(status) = self.holder.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "baofs holder exited early ({status}):\n{}",
-                    std::fs::read_to_string(&self.holder_log).unwrap_or_default()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the holder socket {} did not accept a connection within {DEADLINE:?}",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.holder = Some(spawn_holder(&self.state, &self.holder_log, DEADLINE));
     }
 
     /// SIGKILL, as a node-level crash would.

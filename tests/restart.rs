@@ -27,7 +27,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, ErrorKind};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -48,10 +47,10 @@ mod fixture;
 mod process;
 use fixture::{
     AUDIENCE, Ctx, DEADLINE, Pod, TempDir, connect, driver_command, eventually, is_mounted,
-    mounts_under, publish_request, setup, tokens_json, unique, unpublish_request, volume_id,
-    write_spc,
+    kubelet_target, mounts_under, publish_request, setup, tokens_json, unique, unpublish_request,
+    volume_id, write_spc,
 };
-use process::{terminate, wait_exit};
+use process::{read_lossy, spawn_holder, stop, terminate, wait_exit};
 
 /// Every driver here polls OpenBao this often.
 const POLL: &str = "1s";
@@ -94,33 +93,7 @@ impl Node {
 
     /// Starts `baofs holder --state-dir D` and waits until its socket accepts a connection.
     fn start_holder(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_baofs"))
-            .args(["holder", "--state-dir"])
-            .arg(&self.state)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&self.holder_log).unwrap())
-            .spawn()
-            .expect("spawn baofs holder");
-        self.holder = Some(child);
-        let sock = baofs::holder::socket_path(&self.state);
-        let start = Instant::now();
-        while UnixStream::connect(&sock).is_err() {
-            if let Some(status) = self.holder.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "baofs holder exited early ({status}):\n{}",
-                    read_lossy(&self.holder_log)
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the holder socket {} did not accept a connection within {DEADLINE:?}:\n{}",
-                sock.display(),
-                read_lossy(&self.holder_log)
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.holder = Some(spawn_holder(&self.state, &self.holder_log, DEADLINE));
     }
 
     /// SIGKILL, as a node-level crash would.
@@ -138,12 +111,7 @@ impl Node {
             "the holder may only stop after every mount is gone: {left:?}"
         );
         let mut child = self.holder.take().expect("the holder runs");
-        terminate(&mut child);
-        let status = wait_exit(&mut child, DEADLINE);
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let status = stop(&mut child, DEADLINE);
         assert!(
             status.is_some_and(|s| s.success()),
             "baofs holder did not exit cleanly on SIGTERM ({status:?}):\n{}",
@@ -185,12 +153,7 @@ impl Node {
 
     /// A kubelet-style target: the parent exists, `mount` does not.
     fn target(&self, pod_uid: &str, volume: &str) -> PathBuf {
-        let parent = self
-            .dir
-            .path
-            .join(format!("pods/{pod_uid}/volumes/kubernetes.io~csi/{volume}"));
-        std::fs::create_dir_all(&parent).unwrap();
-        parent.join("mount")
+        kubelet_target(&self.dir.path, pod_uid, volume)
     }
 
     /// The end of a test, once every volume was unpublished and the driver stopped: a driver
@@ -229,11 +192,7 @@ impl Drop for Node {
             detach(mp);
         }
         if let Some(mut child) = self.holder.take() {
-            terminate(&mut child);
-            if wait_exit(&mut child, DEADLINE).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            stop(&mut child, DEADLINE);
         }
         if !left.is_empty() {
             eprintln!("restart: lazily unmounted leftovers: {left:?}");
@@ -270,12 +229,6 @@ fn detach(path: &Path) {
             std::io::Error::last_os_error()
         );
     }
-}
-
-fn read_lossy(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 // -------------------------------------------------------------------------------------------

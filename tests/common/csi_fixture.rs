@@ -483,3 +483,11 @@ pub(crate) fn driver_command(socket: &Path, spc_dir: &Path, state: &Path, poll: 
     .stdin(Stdio::null());
     cmd
 }
+
+/// A kubelet-style target under `root`: `pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount`,
+/// its parent created, `mount` itself not.
+pub(crate) fn kubelet_target(root: &Path, pod_uid: &str, volume: &str) -> PathBuf {
+    let parent = root.join(format!("pods/{pod_uid}/volumes/kubernetes.io~csi/{volume}"));
+    std::fs::create_dir_all(&parent).expect("create the target's parent");
+    parent.join("mount")
+}
