@@ -424,7 +424,7 @@ impl Publisher {
         // 1. The cache, before the first request is served.
         struct Ready {
             record: VolumeRecord,
-            spec: Option<VolumeSpec>,
+            spec: VolumeSpec,
             cached: Arc<crate::cache::CachedVolume>,
             changes: crate::cache::ChangeSet,
             generations: Vec<(u16, u32)>,
@@ -450,7 +450,7 @@ impl Publisher {
                 Err(e) => Err(e.to_string()),
             });
             let (spec, layout) = match restorable {
-                Ok((s, l)) => (Some(s), l),
+                Ok(restorable) => restorable,
                 Err(e) => {
                     detach_unrestorable(&record, &e, &mut lost);
                     continue;
@@ -460,7 +460,7 @@ impl Publisher {
                 id: record.name.clone(),
                 slot: record.slot,
                 layout,
-                ownership: spec.as_ref().map(|s| s.ownership).unwrap_or_default(),
+                ownership: spec.ownership,
                 created_at: record.created_at,
                 prior,
             });
@@ -544,8 +544,7 @@ impl Publisher {
         }
         let mut with_values = 0;
         for r in ready {
-            let Some(spec) = r.spec else { continue };
-            let volume = Arc::new(PolledVolume::new(spec, r.cached, r.record.target.clone()));
+            let volume = Arc::new(PolledVolume::new(r.spec, r.cached, r.record.target.clone()));
             match &r.error {
                 None => {
                     with_values += 1;

@@ -205,7 +205,7 @@ impl std::fmt::Debug for Secrets {
 
 const SECRETS_MAGIC: &[u8] = b"baofs-credentials 1\n";
 /// The line after which the provider's login export runs to the end of the credentials.
-const LOGINS_LINE: &[u8] = b"logins\n";
+const LOGINS_MARK: &[u8] = b"logins";
 
 impl Secrets {
     /// Serializes into one zeroizing buffer of exactly the right capacity (no reallocation
@@ -229,7 +229,7 @@ impl Secrets {
             + self
                 .logins
                 .as_ref()
-                .map_or(0, |l| LOGINS_LINE.len() + l.len());
+                .map_or(0, |l| LOGINS_MARK.len() + 1 + l.len());
         let mut out = Zeroizing::new(Vec::with_capacity(len));
         out.extend_from_slice(SECRETS_MAGIC);
         if let Some(key) = &self.version_key {
@@ -255,7 +255,8 @@ impl Secrets {
             out.push(b'\n');
         }
         if let Some(logins) = &self.logins {
-            out.extend_from_slice(LOGINS_LINE);
+            out.extend_from_slice(LOGINS_MARK);
+            out.push(b'\n');
             out.extend_from_slice(logins);
         }
         out
@@ -271,7 +272,7 @@ impl Secrets {
             let end = rest.iter().position(|&b| b == b'\n')?;
             let line = &rest[..end];
             rest = &rest[end + 1..];
-            if line == &LOGINS_LINE[..LOGINS_LINE.len() - 1] {
+            if line == LOGINS_MARK {
                 let mut l = Zeroizing::new(Vec::with_capacity(rest.len()));
                 l.extend_from_slice(rest);
                 logins = Some(l);
@@ -432,11 +433,6 @@ fn save_record(state_dir: &Path, meta: &[u8]) -> std::io::Result<()> {
     // checkpoint of 300 volumes, measured).
     f.write_all(meta)?;
     std::fs::rename(&tmp, &path)
-}
-
-/// JSON `null`: the credentials entry has no meta.
-fn null() -> Box<serde_json::value::RawValue> {
-    serde_json::value::to_raw_value(&()).unwrap_or_default()
 }
 
 /// The pods of `targets`, from the last checkpoint record (removed afterwards: it described
@@ -748,7 +744,12 @@ impl Checkpointer {
         let bytes = secrets.encode();
         drop(secrets);
         match secretmem::seal(&bytes) {
-            Ok(memfd) => holder::put(&self.socket, CREDENTIALS_ENTRY, &null(), memfd.as_fd())?,
+            Ok(memfd) => holder::put(
+                &self.socket,
+                CREDENTIALS_ENTRY,
+                &Box::default(),
+                memfd.as_fd(),
+            )?,
             Err(e) => {
                 if !self.warned.swap(true, Ordering::SeqCst) {
                     warn!(
