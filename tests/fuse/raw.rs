@@ -346,15 +346,21 @@ fn hub_mount_serves_on_the_raw_loop_and_shuts_down() {
     let state = hub.conn_state();
     assert!(state.is_initialized(), "INIT answered: {state:?}");
     assert!(state.minor >= raw::MIN_MINOR && state.minor <= raw::SUPPORTED_MINOR);
-    let names = thread_names();
-    for n in [
+    // A spawned thread names itself once it first runs, so it may briefly still carry the
+    // spawning thread's name: poll until every one has named itself.
+    let wanted = [
         "baofs-fuse-0",
         "baofs-fuse-1",
         "baofs-fuse-2",
         "baofs-inval",
-    ] {
-        assert!(names.iter().any(|t| t == n), "thread {n} in {names:?}");
-    }
+    ];
+    poll_until("the hub's threads to be named", TIMEOUT, || {
+        let names = thread_names();
+        wanted
+            .iter()
+            .all(|n| names.iter().any(|t| t == n))
+            .then_some(())
+    });
     assert_eq!(hub.dir(), hub_dir);
     drop(hub.fd().try_clone_to_owned().expect("dup the hub fd"));
 
