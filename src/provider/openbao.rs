@@ -18,6 +18,7 @@
 //! reach an error, a log line or `Debug`.
 
 mod auth;
+mod handover;
 pub mod kv;
 mod lease;
 mod shared;

@@ -27,6 +27,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
+use super::handover::{Put, Take, instant_of, millis, opt_text_len, text_len, wall_ms};
 use super::shared::digest;
 use crate::secret::SecretString;
 
@@ -275,46 +276,6 @@ impl TokenCache {
 /// What starts a login handover (`TokenCache::export`).
 const HANDOVER_MAGIC: &[u8] = b"baofs-logins 1\n";
 
-/// Wall-clock milliseconds of `at` (an `Instant`), 0 when it is not in the future.
-fn wall_ms(at: Instant, now: Instant, wall_now: SystemTime) -> u64 {
-    let Some(left) = at.checked_duration_since(now) else {
-        return 0;
-    };
-    (wall_now + left)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The `Instant` of wall-clock milliseconds `ms` (0: none), `None` when it has passed.
-fn instant_of(ms: u64, now: Instant, wall_now: SystemTime) -> Option<Instant> {
-    let at = UNIX_EPOCH + Duration::from_millis(ms);
-    now.checked_add(at.duration_since(wall_now).ok()?)
-}
-
-/// A reader over a handover buffer.
-struct Take<'a>(&'a [u8]);
-
-impl<'a> Take<'a> {
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.bytes(8)?.try_into().ok()?))
-    }
-    fn digest(&mut self) -> Option<[u8; 32]> {
-        self.bytes(32)?.try_into().ok()
-    }
-    fn text(&mut self) -> Option<&'a str> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        std::str::from_utf8(self.bytes(n)?).ok()
-    }
-}
-
 impl TokenCache {
     /// The cache for a successor process (a planned handoff or a crash): every token that is
     /// still valid and every acceptance that has not expired, in one zeroizing buffer of exactly
@@ -352,15 +313,12 @@ impl TokenCache {
                 (*d, secs.map_or(0, |s| s.as_secs().max(1)))
             })
             .collect();
-        let text_len = |s: &str| 8 + s.len();
-        let len = HANDOVER_MAGIC.len()
-            + 8
+        let len = 8
             + tokens
                 .iter()
                 .map(|(k, t)| {
                     text_len(&k.address)
-                        + 1
-                        + k.namespace.as_deref().map_or(0, text_len)
+                        + opt_text_len(k.namespace.as_deref())
                         + 32
                         + text_len(&k.mount)
                         + text_len(&k.role)
@@ -374,49 +332,27 @@ impl TokenCache {
                 .sum::<usize>()
             + 8
             + accepted.len() * 40;
-        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(len));
-        let put_u64 = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_be_bytes());
-        let put_text = |out: &mut Vec<u8>, s: &str| {
-            out.extend_from_slice(&(s.len() as u64).to_be_bytes());
-            out.extend_from_slice(s.as_bytes());
-        };
-        out.extend_from_slice(HANDOVER_MAGIC);
-        put_u64(&mut out, tokens.len() as u64);
+        let mut out = Put::new(HANDOVER_MAGIC, len);
+        out.u64(tokens.len() as u64);
         for (k, t) in &tokens {
-            put_text(&mut out, &k.address);
-            match &k.namespace {
-                Some(ns) => {
-                    out.push(1);
-                    put_text(&mut out, ns);
-                }
-                None => out.push(0),
-            }
-            out.extend_from_slice(&k.tls);
-            put_text(&mut out, &k.mount);
-            put_text(&mut out, &k.role);
-            out.extend_from_slice(&k.subject);
-            put_text(&mut out, t.token.expose());
-            put_u64(
-                &mut out,
-                u64::try_from(t.ttl.as_millis()).unwrap_or(u64::MAX),
-            );
-            out.push(u8::from(t.renewable));
-            put_u64(
-                &mut out,
-                t.expires_at.map_or(0, |e| wall_ms(e, now, wall_now)),
-            );
-            put_u64(
-                &mut out,
-                t.refresh_at.map_or(0, |r| wall_ms(r, now, wall_now)),
-            );
+            out.text(&k.address);
+            out.opt_text(k.namespace.as_deref());
+            out.raw(&k.tls);
+            out.text(&k.mount);
+            out.text(&k.role);
+            out.raw(&k.subject);
+            out.text(t.token.expose());
+            out.u64(millis(t.ttl));
+            out.byte(u8::from(t.renewable));
+            out.u64(t.expires_at.map_or(0, |e| wall_ms(e, now, wall_now)));
+            out.u64(t.refresh_at.map_or(0, |r| wall_ms(r, now, wall_now)));
         }
-        put_u64(&mut out, accepted.len() as u64);
+        out.u64(accepted.len() as u64);
         for (d, exp) in &accepted {
-            out.extend_from_slice(d);
-            put_u64(&mut out, *exp);
+            out.raw(d);
+            out.u64(*exp);
         }
-        debug_assert_eq!(out.len(), len);
-        out
+        out.finish()
     }
 
     /// Takes over a predecessor's `export`: its valid tokens and acceptances join this cache
@@ -428,17 +364,14 @@ impl TokenCache {
         let mut tokens = Vec::new();
         for _ in 0..r.u64()? {
             let address = r.text()?.to_owned();
-            let namespace = match r.bytes(1)?[0] {
-                0 => None,
-                _ => Some(r.text()?.to_owned()),
-            };
+            let namespace = r.opt_text()?.map(str::to_owned);
             let tls = r.digest()?;
             let mount = r.text()?.to_owned();
             let role = r.text()?.to_owned();
             let subject = r.digest()?;
             let token = SecretString::new(r.text()?.to_owned());
             let ttl = Duration::from_millis(r.u64()?);
-            let renewable = r.bytes(1)?[0] != 0;
+            let renewable = r.byte()? != 0;
             let (expires, refresh) = (r.u64()?, r.u64()?);
             let expires_at = match expires {
                 0 => None,
