@@ -119,6 +119,9 @@ async fn wire(
     }
     let openbao = Arc::new(openbao);
     let handover: Arc<dyn Handover> = openbao.clone();
+    if let Some(leases) = handed.and_then(|s| s.leases.as_ref()) {
+        take_leases(&*handover, leases);
+    }
     let openbao: Arc<dyn Provider> = openbao;
     if let (Some(dir), None) = (&args.spc_dir, &args.kubeconfig) {
         let spcs = dir_source(dir)?;
@@ -185,6 +188,20 @@ async fn serve_metrics(
     }
 }
 
+/// Takes over a predecessor's dynamic secrets (logged: how many volumes, never what).
+fn take_leases(handover: &dyn Handover, leases: &[u8]) {
+    match handover.take_leases(leases) {
+        Some(0) => {}
+        Some(n) => info!(
+            volumes = n,
+            "took over the predecessor's dynamic secrets and leases"
+        ),
+        None => warn!(
+            "the predecessor's dynamic secrets are unreadable: they are issued again (its leases end at their TTL)"
+        ),
+    }
+}
+
 /// How long a stopping driver waits for a registered successor to finish prefetching.
 const STANDBY_PATIENCE: Duration = Duration::from_secs(60);
 /// Volumes refetched at once when taking over.
@@ -204,6 +221,7 @@ async fn take_over(
     config: PublisherConfig,
     provider: Arc<dyn Provider>,
     observer: Arc<dyn VolumeObserver>,
+    handover: &dyn Handover,
     held: takeover::Held,
     standby: Option<Standby>,
 ) -> Result<Arc<Publisher>, CsiAppError> {
@@ -234,6 +252,12 @@ async fn take_over(
         match tokio::task::spawn_blocking(move || takeover::fetch(&state_dir)).await {
             Ok(Ok(Some(last))) => {
                 debug!(ms = ms(), "handoff: final checkpoint read");
+                // The owner's dynamic secrets as it left them (it may have renewed or issued
+                // since the first checkpoint); what this process issued meanwhile is revoked
+                // with its volume.
+                if let Some(leases) = last.secrets.as_ref().and_then(|s| s.leases.as_ref()) {
+                    take_leases(handover, leases);
+                }
                 let mut last_volumes =
                     takeover::restored_volumes(&last.checkpoint, last.secrets.as_ref());
                 debug!(ms = ms(), "handoff: volumes rebuilt");
@@ -351,7 +375,7 @@ pub async fn run_csi(args: CsiArgs) -> Result<(), CsiAppError> {
         create_missing_targets: true,
     };
     let publisher = match held {
-        Some(h) => take_over(&args, config, provider, observer, h, standby).await?,
+        Some(h) => take_over(&args, config, provider, observer, &*handover, h, standby).await?,
         None => Publisher::start(config, provider, observer)?,
     };
     let lost = publisher.take_lost_targets();

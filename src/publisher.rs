@@ -606,12 +606,21 @@ impl Publisher {
 
     /// Hands every change to `checkpointer` from now on (a holder keeps the hub), with what the
     /// provider hands over: its version key, which a successor needs to recognize unchanged
-    /// files, and its login tokens, which spare the successor a login per volume.
+    /// files, its login tokens, which spare the successor a login per volume, and its dynamic
+    /// secrets, which spare every pod a new credential (a change to them asks for a checkpoint).
     pub fn set_checkpointer(
         self: &Arc<Self>,
         checkpointer: Arc<Checkpointer>,
         handover: Option<Arc<dyn Handover>>,
     ) -> tokio::task::JoinHandle<()> {
+        if let Some(h) = &handover {
+            let weak = Arc::downgrade(&checkpointer);
+            h.on_change(Box::new(move || {
+                if let Some(c) = weak.upgrade() {
+                    c.mark_lazy();
+                }
+            }));
+        }
         *self.handover.lock().unwrap_or_else(|e| e.into_inner()) = handover;
         let _ = self.checkpointer.set(Arc::clone(&checkpointer));
         let me: Arc<dyn CheckpointSource> = Arc::clone(self) as Arc<dyn CheckpointSource>;
@@ -1129,9 +1138,9 @@ impl CheckpointSource for Publisher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let (version_key, logins) = match handover {
-            Some(h) => (Some(h.version_key()), Some(h.logins())),
-            None => (None, None),
+        let (version_key, logins, leases) = match handover {
+            Some(h) => (Some(h.version_key()), Some(h.logins()), Some(h.leases())),
+            None => (None, None, None),
         };
         Some((
             Checkpoint {
@@ -1147,6 +1156,7 @@ impl CheckpointSource for Publisher {
                 version_key,
                 credentials,
                 logins,
+                leases,
             },
         ))
     }

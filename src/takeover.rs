@@ -188,6 +188,9 @@ pub struct Secrets {
     /// The provider's login-token cache (`OpenBaoProvider::export_logins`), so a successor
     /// reads without logging in again.
     pub logins: Option<Zeroizing<Vec<u8>>>,
+    /// The provider's dynamic secrets (`OpenBaoProvider::export_leases`), so a successor
+    /// renews them instead of issuing new credentials to every pod.
+    pub leases: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -199,6 +202,7 @@ impl std::fmt::Debug for Secrets {
             )
             .field("credentials", &self.credentials.len())
             .field("logins", &self.logins.as_ref().map(|_| "<redacted>"))
+            .field("leases", &self.leases.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -206,11 +210,14 @@ impl std::fmt::Debug for Secrets {
 const SECRETS_MAGIC: &[u8] = b"baofs-credentials 1\n";
 /// The line after which the provider's login export runs to the end of the credentials.
 const LOGINS_MARK: &[u8] = b"logins";
+/// `leases <n>`: the line before the provider's lease export (`n` bytes, then a newline).
+const LEASES_MARK: &[u8] = b"leases ";
 
 impl Secrets {
     /// Serializes into one zeroizing buffer of exactly the right capacity (no reallocation
-    /// leaves copies): magic, `key <hex>`, then `<name>\t<j|t>\t<credential>` lines, then a
-    /// `logins` line followed by the provider's login export up to the end.
+    /// leaves copies): magic, `key <hex>`, then `<name>\t<j|t>\t<credential>` lines, then
+    /// `leases <n>` and the provider's lease export of `n` bytes and a newline, then a `logins`
+    /// line followed by the provider's login export up to the end.
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let cred = |c: &Credentials| match c {
             Credentials::Jwt(s) => (b'j', s.expose().len()),
@@ -226,6 +233,9 @@ impl Secrets {
                 .iter()
                 .map(|(n, c)| n.len() + 3 + cred(c).1 + 1)
                 .sum::<usize>()
+            + self.leases.as_ref().map_or(0, |l| {
+                LEASES_MARK.len() + l.len().to_string().len() + 1 + l.len() + 1
+            })
             + self
                 .logins
                 .as_ref()
@@ -254,6 +264,13 @@ impl Secrets {
             out.extend_from_slice(secret.as_bytes());
             out.push(b'\n');
         }
+        if let Some(leases) = &self.leases {
+            out.extend_from_slice(LEASES_MARK);
+            out.extend_from_slice(leases.len().to_string().as_bytes());
+            out.push(b'\n');
+            out.extend_from_slice(leases);
+            out.push(b'\n');
+        }
         if let Some(logins) = &self.logins {
             out.extend_from_slice(LOGINS_MARK);
             out.push(b'\n');
@@ -267,6 +284,7 @@ impl Secrets {
         let mut version_key = None;
         let mut credentials = Vec::new();
         let mut logins = None;
+        let mut leases = None;
         let mut rest = rest;
         while !rest.is_empty() {
             let end = rest.iter().position(|&b| b == b'\n')?;
@@ -279,6 +297,17 @@ impl Secrets {
                 break;
             }
             if line.is_empty() {
+                continue;
+            }
+            if let Some(n) = line.strip_prefix(LEASES_MARK) {
+                let n: usize = std::str::from_utf8(n).ok()?.parse().ok()?;
+                if rest.len() < n + 1 || rest[n] != b'\n' {
+                    return None;
+                }
+                let mut l = Zeroizing::new(Vec::with_capacity(n));
+                l.extend_from_slice(&rest[..n]);
+                leases = Some(l);
+                rest = &rest[n + 1..];
                 continue;
             }
             if let Some(hex) = line.strip_prefix(b"key ") {
@@ -310,6 +339,7 @@ impl Secrets {
             version_key,
             credentials,
             logins,
+            leases,
         })
     }
 }
@@ -617,6 +647,13 @@ pub trait Handover: Send + Sync {
     fn version_key(&self) -> Zeroizing<[u8; KEY_BYTES]>;
     /// The login-token cache, so the successor does not log every volume in again.
     fn logins(&self) -> Zeroizing<Vec<u8>>;
+    /// The dynamic secrets, so the successor renews them instead of issuing new ones.
+    fn leases(&self) -> Zeroizing<Vec<u8>>;
+    /// Takes over a predecessor's `leases` (its final word replaces an earlier one); how many
+    /// volumes were taken, `None` if unreadable.
+    fn take_leases(&self, bytes: &[u8]) -> Option<usize>;
+    /// Calls `f` whenever what `leases` returns has changed.
+    fn on_change(&self, f: Box<dyn Fn() + Send + Sync>);
 }
 
 impl Handover for crate::provider::openbao::OpenBaoProvider {
@@ -627,6 +664,15 @@ impl Handover for crate::provider::openbao::OpenBaoProvider {
     }
     fn logins(&self) -> Zeroizing<Vec<u8>> {
         self.export_logins()
+    }
+    fn leases(&self) -> Zeroizing<Vec<u8>> {
+        self.export_leases()
+    }
+    fn take_leases(&self, bytes: &[u8]) -> Option<usize> {
+        self.import_leases(bytes)
+    }
+    fn on_change(&self, f: Box<dyn Fn() + Send + Sync>) {
+        self.on_lease_change(f);
     }
 }
 
@@ -695,7 +741,8 @@ impl Checkpointer {
         self.requested.send_replace(seq);
     }
 
-    /// Asks for a checkpoint within `LAZY_DELAY` (fresh credentials after a republish; coalesced).
+    /// Asks for a checkpoint within `LAZY_DELAY` (fresh credentials after a republish, a renewed
+    /// lease; coalesced).
     pub fn mark_lazy(&self) {
         self.lazy.store(true, Ordering::SeqCst);
     }
@@ -1014,6 +1061,10 @@ mod tests {
             ],
             // Binary, with newlines and tabs in it.
             logins: Some(Zeroizing::new(b"baofs-logins\n\t\0s.login\n".to_vec())),
+            // Binary too, ending in a newline, and mentioning the logins mark.
+            leases: Some(Zeroizing::new(
+                b"baofs-leases\nlogins\n\0lease-id\n".to_vec(),
+            )),
         };
         let bytes = s.encode();
         assert_eq!(
@@ -1030,13 +1081,21 @@ mod tests {
             back.logins.as_deref().map(Vec::as_slice),
             Some(&b"baofs-logins\n\t\0s.login\n"[..])
         );
+        assert_eq!(
+            back.leases.as_deref().map(Vec::as_slice),
+            Some(&b"baofs-leases\nlogins\n\0lease-id\n"[..])
+        );
         let dbg = format!("{back:?}");
         assert!(
-            !dbg.contains("eyJ") && !dbg.contains("s.tok") && !dbg.contains("s.login"),
+            !dbg.contains("eyJ")
+                && !dbg.contains("s.tok")
+                && !dbg.contains("s.login")
+                && !dbg.contains("lease-id"),
             "{dbg}"
         );
         let none = Secrets {
             logins: None,
+            leases: None,
             ..back
         };
         assert!(Secrets::decode(&none.encode()).is_some_and(|s| s.logins.is_none()));
@@ -1102,6 +1161,7 @@ mod tests {
                 Credentials::Jwt(SecretString::new("jwt".into())),
             )],
             logins: None,
+            leases: None,
         };
         let v = restored_volumes(&cp, Some(&secrets));
         let spec = v[0].spec.as_ref().expect("spec");

@@ -1026,31 +1026,11 @@ async fn read_in_flight_at_sigkill_completes_after_restart() {
     n.teardown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn planned_handoff_measures_the_gap() {
-    let Some(cx) = setup() else { return };
-    cx.bao.ensure_jwt_auth().await;
-    let mut n = Node::new("handoff");
-    n.start_holder();
-    let mut a = n.spawn_driver("driver-a", &[]);
-    a.wait_serving();
-    let mut csi = a.node().await;
-    let mut vols = Vec::new();
-    for i in 0..2 {
-        let v = publish_volume(&cx, &n, &mut csi, &format!("v{i}"), &["password", "user"]).await;
-        v.assert_readable();
-        vols.push(v);
-    }
-    drop(csi);
-    let ids = mount_ids(&vols);
-    let readers = Readers::start(&vols);
-    readers.wait_iterations("before the handoff", &[10, 10], DEADLINE);
-
-    let started = Instant::now();
-    let mut b = n.spawn_driver("driver-b", &[]);
-    // The contract: starting B makes A hand over. A successor that instead announces it is
-    // "ready to take over ... on SIGTERM" gets what a DaemonSet rolling update does next:
-    // kubelet's SIGTERM to the old pod. Which of the two happened is printed.
+/// Waits until `a` hands over to `b` (just started) and exits 0. The contract: starting B
+/// makes A hand over. A successor that instead announces it is "ready to take over ... on
+/// SIGTERM" gets what a DaemonSet rolling update does next: kubelet's SIGTERM to the old pod.
+/// Whether that SIGTERM was sent.
+fn hand_off(a: &mut Driver, b: &mut Driver) -> bool {
     let handed = "baofs: handed over to a successor";
     let start = Instant::now();
     let mut sigtermed = false;
@@ -1094,6 +1074,32 @@ async fn planned_handoff_measures_the_gap() {
         a.rest_of_stdout(),
         a.log()
     );
+    sigtermed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn planned_handoff_measures_the_gap() {
+    let Some(cx) = setup() else { return };
+    cx.bao.ensure_jwt_auth().await;
+    let mut n = Node::new("handoff");
+    n.start_holder();
+    let mut a = n.spawn_driver("driver-a", &[]);
+    a.wait_serving();
+    let mut csi = a.node().await;
+    let mut vols = Vec::new();
+    for i in 0..2 {
+        let v = publish_volume(&cx, &n, &mut csi, &format!("v{i}"), &["password", "user"]).await;
+        v.assert_readable();
+        vols.push(v);
+    }
+    drop(csi);
+    let ids = mount_ids(&vols);
+    let readers = Readers::start(&vols);
+    readers.wait_iterations("before the handoff", &[10, 10], DEADLINE);
+
+    let started = Instant::now();
+    let mut b = n.spawn_driver("driver-b", &[]);
+    let sigtermed = hand_off(&mut a, &mut b);
     let lines = b.wait_serving();
     let serving_after = started.elapsed();
     assert!(lines.contains(&took_over(2)), "{lines:?}");
@@ -1240,5 +1246,265 @@ async fn a_restarted_holder_gets_the_hub_again() {
     let mut csi = d2.node().await;
     unpublish_all(&mut csi, std::slice::from_ref(&v)).await;
     d2.stop();
+    n.teardown();
+}
+
+/// `psql` as the test PostgreSQL's superuser (started by scripts/test.sh): stdout.
+fn psql(sql: &str) -> String {
+    let env = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: run scripts/test.sh (it starts PostgreSQL)")
+        })
+    };
+    let out = Command::new(env("BAOFS_TEST_PSQL"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env("BAOFS_TEST_PG_PORT"),
+            "-U",
+            &env("BAOFS_TEST_PG_USER"),
+        ])
+        .args(["-d", "postgres", "-w", "-tA", "-c", sql])
+        .env("PGPASSWORD", env("BAOFS_TEST_PG_PASSWORD"))
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn pg_role_exists(role: &str) -> bool {
+    psql(&format!(
+        "SELECT count(*) FROM pg_roles WHERE rolname = '{}'",
+        role.replace('\'', "''")
+    )) == "1"
+}
+
+/// Lease ids OpenBao holds under `prefix` (e.g. `db-…/creds/app`).
+async fn bao_leases(cx: &Ctx, prefix: &str) -> Vec<String> {
+    let (status, v) = cx
+        .bao
+        .call(
+            reqwest::Method::from_bytes(b"LIST").unwrap(),
+            &format!("sys/leases/lookup/{prefix}/"),
+            None,
+        )
+        .await;
+    if status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(status, 200, "list leases: {v}");
+    v["data"]["keys"]
+        .as_array()
+        .map(|k| {
+            k.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A database credential (a lease, from PostgreSQL through OpenBao's database engine) and a
+/// PKI certificate (issued by a write, no lease) survive a SIGKILL of the driver unchanged: the
+/// successor takes over the predecessor's responses and leases instead of issuing new ones (no
+/// new credential in the pod, no lease left to its TTL), and still revokes the lease when the
+/// volume is unpublished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamic_secrets_are_handed_over_not_issued_again() {
+    let Some(cx) = setup() else { return };
+    cx.bao.ensure_jwt_auth().await;
+    let post = reqwest::Method::POST;
+    // PostgreSQL behind the database engine: a role with a 1 h lease (no renewal in this test).
+    let db = unique("db");
+    cx.bao
+        .ok(
+            post.clone(),
+            &format!("sys/mounts/{db}"),
+            Some(&json!({"type": "database"})),
+        )
+        .await;
+    let pg_port =
+        std::env::var("BAOFS_TEST_PG_PORT").expect("BAOFS_TEST_PG_PORT (scripts/test.sh)");
+    cx.bao
+        .ok(
+            post.clone(),
+            &format!("{db}/config/pg"),
+            Some(&json!({
+                "plugin_name": "postgresql-database-plugin",
+                "allowed_roles": "*",
+                "connection_url": format!(
+                    "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{pg_port}/postgres?sslmode=disable"
+                ),
+                "username": std::env::var("BAOFS_TEST_PG_USER").expect("BAOFS_TEST_PG_USER"),
+                "password": std::env::var("BAOFS_TEST_PG_PASSWORD").expect("BAOFS_TEST_PG_PASSWORD"),
+            })),
+        )
+        .await;
+    cx.bao
+        .ok(
+            post.clone(),
+            &format!("{db}/roles/app"),
+            Some(&json!({
+                "db_name": "pg", "default_ttl": "1h", "max_ttl": "2h",
+                "creation_statements": [
+                    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"
+                ],
+            })),
+        )
+        .await;
+    // A PKI engine: `POST pki/issue/web` gives a certificate, kept for the volume's life.
+    let pki = unique("pki");
+    cx.bao
+        .ok(
+            post.clone(),
+            &format!("sys/mounts/{pki}"),
+            Some(&json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}})),
+        )
+        .await;
+    cx.bao
+        .ok(
+            post.clone(),
+            &format!("{pki}/root/generate/internal"),
+            Some(&json!({"common_name": "baofs test root", "ttl": "87600h", "key_type": "ec"})),
+        )
+        .await;
+    cx.bao
+        .ok(post.clone(), &format!("{pki}/roles/web"), Some(&json!({"allowed_domains": "example.com", "allow_subdomains": true, "max_ttl": "72h", "key_type": "ec"})))
+        .await;
+
+    let sa = unique("sa");
+    let pod = Pod::new(NS, &sa);
+    let role = unique("role");
+    cx.bao
+        .role(&role, NS, &sa, &[format!("{db}/creds/app")])
+        .await;
+    let policy = format!(
+        "path \"{db}/creds/app\" {{ capabilities = [\"read\"] }}\n\
+         path \"{pki}/issue/web\" {{ capabilities = [\"update\"] }}\n\
+         path \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\n\
+         path \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
+    );
+    cx.bao
+        .ok(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{role}"),
+            Some(&json!({ "policy": policy })),
+        )
+        .await;
+
+    let mut n = Node::new("dynamic");
+    n.start_holder();
+    let mut d1 = n.spawn_driver("driver-1", &[]);
+    d1.wait_serving();
+    let mut csi = d1.node().await;
+    let spc = unique("spc-dyn");
+    let objects = format!(
+        "- objectName: user\n  secretPath: {db}/creds/app\n  secretKey: username\n\
+         - objectName: password\n  secretPath: {db}/creds/app\n  secretKey: password\n\
+         - objectName: tls.crt\n  secretPath: {pki}/issue/web\n  method: POST\n  secretKey: certificate\n  \
+           secretArgs:\n    common_name: app.example.com\n    ttl: 1h\n"
+    );
+    write_spc(
+        &n.spc_dir,
+        NS,
+        &spc,
+        &[("vaultAddress", &cx.bao.addr), ("roleName", &role)],
+        &objects,
+    );
+    let (id, target) = (volume_id(), n.target(&pod.uid, "dyn"));
+    let req = publish_request(
+        &id,
+        &target,
+        pod.context(&spc, Some(tokens_json(AUDIENCE, &pod.token()))),
+    );
+    csi.node_publish_volume(req)
+        .await
+        .unwrap_or_else(|e| panic!("publish: {e:?}"));
+    drop(csi);
+    let read = |f: &str| {
+        std::fs::read_to_string(target.join(f)).unwrap_or_else(|e| panic!("read {f}: {e}"))
+    };
+    let (user, password, cert) = (read("user"), read("password"), read("tls.crt"));
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    assert!(
+        pg_role_exists(&user),
+        "the database credential {user} exists"
+    );
+    let leases = bao_leases(&cx, &format!("{db}/creds/app")).await;
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let issued = |log: &str| log.matches("issued a dynamic secret").count();
+    assert_eq!(issued(&d1.log()), 2, "driver-1 log:\n{}", d1.log());
+
+    // SIGKILL, restart: the same credential and certificate, nothing issued, one lease.
+    d1.kill_group();
+    let mut d2 = n.spawn_driver("driver-2", &[]);
+    let lines = d2.wait_serving();
+    assert!(lines.contains(&took_over(1)), "{lines:?}");
+    assert_eq!(
+        read("user"),
+        user,
+        "the credential changed across the restart"
+    );
+    assert_eq!(read("password"), password);
+    assert_eq!(read("tls.crt"), cert, "the certificate was issued again");
+    let log2 = d2.log();
+    assert!(
+        log2.contains("took over the predecessor's dynamic secrets and leases"),
+        "driver-2 log:\n{log2}"
+    );
+    assert_eq!(issued(&log2), 0, "driver-2 log:\n{log2}");
+    assert_eq!(bao_leases(&cx, &format!("{db}/creds/app")).await, leases);
+    // A poll later (1 s) it still serves the handed-over values without issuing.
+    eventually("a poll by driver-2", DEADLINE, || {
+        d2.log().contains("poll: no change").then_some(())
+    })
+    .await;
+    assert_eq!(read("user"), user);
+    assert_eq!(issued(&d2.log()), 0, "driver-2 log:\n{}", d2.log());
+
+    // A planned handoff to a third driver: the same again.
+    let mut d3 = n.spawn_driver("driver-3", &[]);
+    hand_off(&mut d2, &mut d3);
+    let lines = d3.wait_serving();
+    assert!(lines.contains(&took_over(1)), "{lines:?}");
+    assert_eq!(
+        read("user"),
+        user,
+        "the credential changed across the handoff"
+    );
+    assert_eq!(
+        read("tls.crt"),
+        cert,
+        "the certificate was issued again at the handoff"
+    );
+    let log3 = d3.log();
+    assert!(
+        log3.contains("took over the predecessor's dynamic secrets and leases"),
+        "driver-3 log:\n{log3}"
+    );
+    assert_eq!(issued(&log3), 0, "driver-3 log:\n{log3}");
+    assert_eq!(bao_leases(&cx, &format!("{db}/creds/app")).await, leases);
+
+    // The successor owns the lease: unpublishing revokes it and the role is dropped.
+    let mut csi = d3.node().await;
+    csi.node_unpublish_volume(unpublish_request(&id, &target))
+        .await
+        .unwrap_or_else(|e| panic!("unpublish: {e:?}"));
+    assert!(
+        bao_leases(&cx, &format!("{db}/creds/app")).await.is_empty(),
+        "the lease was not revoked"
+    );
+    assert!(
+        !pg_role_exists(&user),
+        "the database role outlived the volume"
+    );
+    drop(d2);
+    d3.stop();
     n.teardown();
 }

@@ -522,6 +522,25 @@ impl OpenBaoProvider {
         self.tokens.import(bytes)
     }
 
+    /// Every volume's dynamic secrets (kept responses and leases) for a successor process, so
+    /// it renews them instead of issuing new credentials to every pod. Holds secrets: only
+    /// ever into `memfd_secret` memory, never logged or persisted.
+    pub fn export_leases(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.leases.export()
+    }
+
+    /// Takes over a predecessor's `export_leases` (replacing what this process kept for the
+    /// same volumes). How many volumes were taken; `None` if `bytes` is not such an export.
+    pub fn import_leases(&self, bytes: &[u8]) -> Option<usize> {
+        self.leases.import(bytes)
+    }
+
+    /// Calls `f` whenever a volume's dynamic secrets changed (issued, renewed, re-issued,
+    /// dropped), so a successor's copy can be kept current. Set once.
+    pub fn on_lease_change(&self, f: Box<dyn Fn() + Send + Sync>) {
+        self.leases.set_on_change(f);
+    }
+
     fn build(config: OpenBaoConfig, versions: VersionKey) -> Result<Self, ProviderError> {
         let client = client_builder(&config)
             .build()
@@ -658,8 +677,9 @@ impl OpenBaoProvider {
         }
 
         let slot = self.leases.slot(&spec.id);
-        let result = {
+        let (result, changed) = {
             let mut leases = slot.lock().await;
+            let before = leases.revision();
             let result = self
                 .fetch_locked(
                     &ctx,
@@ -673,9 +693,12 @@ impl OpenBaoProvider {
                 .await;
             let in_use: Vec<&ReadKey> = reads.iter().map(|(k, _)| k).collect();
             leases.prune(&in_use, Instant::now());
-            result
+            (result, leases.revision() != before)
         };
         self.leases.done(&spec.id, slot);
+        if changed {
+            self.leases.changed();
+        }
         result
     }
 
@@ -957,10 +980,7 @@ impl OpenBaoProvider {
         if granted.is_zero() {
             return Err(Renewal::Refused);
         }
-        let now = Instant::now();
-        if let Some(h) = leases.held.get_mut(key) {
-            h.renewed(granted, renewable, now);
-        }
+        leases.renewed(key, granted, renewable, Instant::now());
         tracing::info!(
             spc = %ctx.spc,
             object = %object.path,

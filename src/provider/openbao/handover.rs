@@ -57,6 +57,14 @@ impl Put {
         self.u64(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
     }
+    /// `v` as compact JSON text of `len` bytes (`json_len`), written straight into the buffer.
+    pub(crate) fn json(&mut self, v: &serde_json::Value, len: usize) {
+        self.u64(len as u64);
+        let before = self.0.len();
+        // Writing into a Vec cannot fail, and the capacity was reserved: no reallocation.
+        let _ = serde_json::to_writer(&mut *self.0, v);
+        debug_assert_eq!(self.0.len() - before, len);
+    }
     /// An optional text: a 0 byte, or a 1 byte and the text.
     pub(crate) fn opt_text(&mut self, s: Option<&str>) {
         match s {

@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use zeroize::Zeroizing;
 
+use super::handover::{Put, Take, instant_of, millis, opt_text_len, text_len, wall_ms};
 use super::kv;
 use crate::secret::SecretString;
 use crate::spc::ObjectMethod;
@@ -239,6 +241,8 @@ pub(crate) struct VolumeLeases {
     pub(crate) held: HashMap<ReadKey, Held>,
     /// Superseded leases still valid.
     retired: Vec<Retired>,
+    /// Bumped at every change (a successor must be handed the new state).
+    revision: u64,
 }
 
 impl fmt::Debug for VolumeLeases {
@@ -254,6 +258,7 @@ impl VolumeLeases {
     /// Replaces (or sets) the response of `key`; a replaced lease still valid is kept for
     /// revocation with the volume.
     pub(crate) fn put(&mut self, key: ReadKey, held: Held, now: Instant) {
+        self.revision += 1;
         if let Some(old) = self.held.insert(key, held) {
             self.retire(old, now);
         }
@@ -262,8 +267,28 @@ impl VolumeLeases {
     /// Drops `key`'s response whose lease is known to be gone (renewal refused).
     pub(crate) fn forget(&mut self, key: &ReadKey) {
         if let Some(mut old) = self.held.remove(key) {
+            self.revision += 1;
             old.lease = None;
         }
+    }
+
+    /// Records a renewal of `key`'s lease (see `Held::renewed`).
+    pub(crate) fn renewed(
+        &mut self,
+        key: &ReadKey,
+        granted: Duration,
+        renewable: bool,
+        now: Instant,
+    ) {
+        if let Some(h) = self.held.get_mut(key) {
+            self.revision += 1;
+            h.renewed(granted, renewable, now);
+        }
+    }
+
+    /// Changes so far: differs after any change.
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Drops kept responses of requests the volume no longer makes, and expired retired leases.
@@ -276,10 +301,15 @@ impl VolumeLeases {
             .collect();
         for k in stale {
             if let Some(old) = self.held.remove(&k) {
+                self.revision += 1;
                 self.retire(old, now);
             }
         }
+        let before = self.retired.len();
         self.retired.retain(|r| r.expires_at > now);
+        if self.retired.len() != before {
+            self.revision += 1;
+        }
     }
 
     fn retire(&mut self, old: Held, now: Instant) {
@@ -290,18 +320,32 @@ impl VolumeLeases {
 
     /// Empties the volume: the ids of every lease still valid, to revoke.
     pub(crate) fn drain(&mut self, now: Instant) -> Vec<SecretString> {
-        let mut ids: Vec<SecretString> = self
+        self.revision += 1;
+        std::mem::take(self)
+            .into_live(now)
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Every lease still valid, kept or superseded.
+    fn into_live(mut self, now: Instant) -> Vec<Retired> {
+        let mut live: Vec<Retired> = self
             .held
             .drain()
-            .filter_map(|(_, h)| h.into_retired(now).map(|r| r.id))
+            .filter_map(|(_, h)| h.into_retired(now))
             .collect();
-        ids.extend(
-            self.retired
-                .drain(..)
-                .filter(|r| r.expires_at > now)
-                .map(|r| r.id),
-        );
-        ids
+        live.extend(self.retired.drain(..).filter(|r| r.expires_at > now));
+        live
+    }
+
+    /// Whether `id` is one of its leases, kept or superseded.
+    fn has_lease(&self, id: &str) -> bool {
+        self.held
+            .values()
+            .filter_map(Held::lease)
+            .any(|l| l.id.expose() == id)
+            || self.retired.iter().any(|r| r.id.expose() == id)
     }
 
     /// Whether nothing is kept.
@@ -313,10 +357,14 @@ impl VolumeLeases {
 /// One volume's state, locked for the whole of a fetch or release of that volume.
 pub(crate) type VolumeSlot = Arc<tokio::sync::Mutex<VolumeLeases>>;
 
+/// Called when a volume's kept responses or leases changed.
+pub(crate) type OnChange = Box<dyn Fn() + Send + Sync>;
+
 /// The state of every volume, by volume id.
 #[derive(Default)]
 pub(crate) struct LeaseTable {
     volumes: Mutex<HashMap<String, VolumeSlot>>,
+    on_change: std::sync::OnceLock<OnChange>,
 }
 
 impl fmt::Debug for LeaseTable {
@@ -358,6 +406,242 @@ impl LeaseTable {
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Calls `f` after every change from now on (once set, it stays).
+    pub(crate) fn set_on_change(&self, f: OnChange) {
+        let _ = self.on_change.set(f);
+    }
+
+    /// Tells whoever asked (`set_on_change`) that a volume's state changed.
+    pub(crate) fn changed(&self) {
+        if let Some(f) = self.on_change.get() {
+            f();
+        }
+    }
+
+    /// Every volume's kept responses and leases, for a successor process (a planned handoff
+    /// or a crash), so it goes on serving and renewing them instead of issuing every dynamic
+    /// secret again (new credentials in every pod, the old ones left to their TTL). Responses
+    /// and lease ids are secrets: the buffer is built at its exact size and only ever goes
+    /// into `memfd_secret` memory. A volume busy with a fetch is left out (the successor
+    /// issues its secrets again); so is an expired lease.
+    pub(crate) fn export(&self) -> Zeroizing<Vec<u8>> {
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
+        let slots: Vec<(String, VolumeSlot)> = self
+            .lock()
+            .iter()
+            .map(|(v, s)| (v.clone(), Arc::clone(s)))
+            .collect();
+        let guards: Vec<(String, tokio::sync::MutexGuard<'_, VolumeLeases>)> = slots
+            .iter()
+            .filter_map(|(v, s)| Some((v.clone(), s.try_lock().ok()?)))
+            .filter(|(_, g)| !g.is_empty())
+            .collect();
+        let live = |l: &Lease| l.expires_at > now;
+        let held_len = |k: &ReadKey, h: &Held| {
+            text_len(&k.path)
+                + opt_text_len(k.query.as_deref())
+                + 1
+                + opt_text_len(k.body.as_deref())
+                + 8
+                + json_len(&h.response)
+                + 1
+                + h.lease
+                    .as_ref()
+                    .map_or(0, |l| text_len(l.id.expose()) + 8 + 8 + 1)
+                + 1
+                + h.action_at.map_or(0, |_| 8)
+        };
+        let len = 8 + guards
+            .iter()
+            .map(|(v, g)| {
+                text_len(v)
+                    + 8
+                    + g.held
+                        .iter()
+                        .filter(|(_, h)| h.lease.as_ref().is_none_or(live))
+                        .map(|(k, h)| held_len(k, h))
+                        .sum::<usize>()
+                    + 8
+                    + g.retired
+                        .iter()
+                        .filter(|r| r.expires_at > now)
+                        .map(|r| text_len(r.id.expose()) + 8)
+                        .sum::<usize>()
+            })
+            .sum::<usize>();
+        let mut out = Put::new(HANDOVER_MAGIC, len);
+        out.u64(guards.len() as u64);
+        for (volume, g) in &guards {
+            out.text(volume);
+            let held: Vec<(&ReadKey, &Held)> = g
+                .held
+                .iter()
+                .filter(|(_, h)| h.lease.as_ref().is_none_or(live))
+                .collect();
+            out.u64(held.len() as u64);
+            for (k, h) in held {
+                out.text(&k.path);
+                out.opt_text(k.query.as_deref());
+                out.byte(method_byte(k.method));
+                out.opt_text(k.body.as_deref());
+                out.json(&h.response, json_len(&h.response));
+                match &h.lease {
+                    Some(l) => {
+                        out.byte(1);
+                        out.text(l.id.expose());
+                        out.u64(millis(l.ttl));
+                        out.u64(wall_ms(l.expires_at, now, wall_now));
+                        out.byte(u8::from(l.renewable));
+                    }
+                    None => out.byte(0),
+                }
+                match h.action_at {
+                    Some(at) => {
+                        out.byte(1);
+                        out.u64(wall_ms(at, now, wall_now));
+                    }
+                    None => out.byte(0),
+                }
+            }
+            let retired: Vec<&Retired> = g.retired.iter().filter(|r| r.expires_at > now).collect();
+            out.u64(retired.len() as u64);
+            for r in retired {
+                out.text(r.id.expose());
+                out.u64(wall_ms(r.expires_at, now, wall_now));
+            }
+        }
+        drop(guards);
+        out.finish()
+    }
+
+    /// Takes over a predecessor's `export`: each volume in it gets the predecessor's state.
+    /// What this process already kept for such a volume (it fetched before the predecessor's
+    /// final word) is replaced, its leases still valid kept for revocation with the volume.
+    /// Returns how many volumes were taken, or `None` when `bytes` is not such an export (then
+    /// nothing is taken).
+    pub(crate) fn import(&self, bytes: &[u8]) -> Option<usize> {
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
+        let mut r = Take(bytes.strip_prefix(HANDOVER_MAGIC)?);
+        let mut volumes = Vec::new();
+        for _ in 0..r.u64()? {
+            let volume = r.text()?.to_owned();
+            let mut state = VolumeLeases::default();
+            for _ in 0..r.u64()? {
+                let key = ReadKey {
+                    path: r.text()?.to_owned(),
+                    query: r.opt_text()?.map(str::to_owned),
+                    method: method_of(r.byte()?)?,
+                    body: r.opt_text()?.map(str::to_owned),
+                };
+                let json = r.text()?;
+                let response: Value = serde_json::from_str(json).ok()?;
+                let lease = match r.byte()? {
+                    0 => None,
+                    _ => {
+                        let id = SecretString::new(r.text()?.to_owned());
+                        let ttl = Duration::from_millis(r.u64()?);
+                        let expires = r.u64()?;
+                        let renewable = r.byte()? != 0;
+                        Some((id, ttl, expires, renewable))
+                    }
+                };
+                let action_at = match r.byte()? {
+                    0 => None,
+                    // A time that has passed means "due now".
+                    _ => Some(instant_of(r.u64()?, now, wall_now).unwrap_or(now)),
+                };
+                let lease = match lease {
+                    Some((id, ttl, expires, renewable)) => {
+                        // Expired on the way: issued again at first use.
+                        let Some(expires_at) = instant_of(expires, now, wall_now) else {
+                            kv::zeroize_value(response);
+                            continue;
+                        };
+                        Some(Lease {
+                            id,
+                            ttl,
+                            expires_at,
+                            renewable,
+                        })
+                    }
+                    None => None,
+                };
+                state.held.insert(
+                    key,
+                    Held {
+                        response,
+                        lease,
+                        action_at,
+                    },
+                );
+            }
+            for _ in 0..r.u64()? {
+                let id = SecretString::new(r.text()?.to_owned());
+                if let Some(expires_at) = instant_of(r.u64()?, now, wall_now) {
+                    state.retired.push(Retired { id, expires_at });
+                }
+            }
+            volumes.push((volume, state));
+        }
+        let taken = volumes.len();
+        for (volume, mut state) in volumes {
+            let slot = self.slot(&volume);
+            let Ok(mut guard) = slot.try_lock() else {
+                // Busy: this process is fetching it; what it keeps stands.
+                continue;
+            };
+            let mine = std::mem::take(&mut *guard);
+            let revision = mine.revision + 1;
+            let extra: Vec<Retired> = mine
+                .into_live(now)
+                .into_iter()
+                .filter(|r| !state.has_lease(r.id.expose()))
+                .collect();
+            state.retired.extend(extra);
+            state.revision = revision;
+            *guard = state;
+        }
+        Some(taken)
+    }
+}
+
+/// What starts a lease handover (`LeaseTable::export`).
+const HANDOVER_MAGIC: &[u8] = b"baofs-leases 1\n";
+
+fn method_byte(m: ObjectMethod) -> u8 {
+    match m {
+        ObjectMethod::Get => 0,
+        ObjectMethod::Put => 1,
+        ObjectMethod::Post => 2,
+    }
+}
+
+fn method_of(b: u8) -> Option<ObjectMethod> {
+    match b {
+        0 => Some(ObjectMethod::Get),
+        1 => Some(ObjectMethod::Put),
+        2 => Some(ObjectMethod::Post),
+        _ => None,
+    }
+}
+
+/// Bytes of `v` as compact JSON.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a `Value` to a sink that cannot fail does not fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 #[cfg(test)]
@@ -507,5 +791,160 @@ mod tests {
         .expect("kept");
         let d = format!("{h:?}");
         assert!(!d.contains("AbC") && !d.contains("pw"), "{d}");
+    }
+
+    fn response_of(h: &Held) -> &Value {
+        h.response()
+    }
+
+    #[tokio::test]
+    async fn a_handover_carries_responses_leases_and_retired_leases() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let old = LeaseTable::default();
+        let db = key("database/creds/app");
+        let pki = ReadKey {
+            path: "pki/issue/web".into(),
+            query: Some("x=1".into()),
+            method: ObjectMethod::Post,
+            body: Some(r#"{"common_name":"a"}"#.into()),
+        };
+        {
+            let slot = old.slot("vol-a");
+            let mut v = slot.lock().await;
+            let first = Held::from_response(db_response(30, true), false, now, wall).expect("kept");
+            v.put(db.clone(), first, now);
+            let mut second = db_response(30, true);
+            second["lease_id"] = json!("database/creds/app/NEW");
+            second["data"]["password"] = json!("pw2");
+            let second = Held::from_response(second, false, now, wall).expect("kept");
+            v.put(db.clone(), second, now);
+            let cert = json!({"data": {"certificate": "C\n\u{e9}", "serial_number": "01"}});
+            v.put(
+                pki.clone(),
+                Held::from_response(cert, true, now, wall).expect("kept"),
+                now,
+            );
+        }
+        old.slot("vol-empty");
+        let bytes = old.export();
+
+        let new = LeaseTable::default();
+        assert_eq!(
+            new.import(&bytes),
+            Some(1),
+            "the empty volume is not handed over"
+        );
+        let slot = new.slot("vol-a");
+        let v = slot.lock().await;
+        let h = v.held.get(&db).expect("the kept lease");
+        assert_eq!(response_of(h)["data"]["password"], "pw2");
+        let lease = h.lease().expect("its lease");
+        assert_eq!(lease.id.expose(), "database/creds/app/NEW");
+        assert_eq!(lease.ttl, secs(30));
+        assert!(lease.renewable);
+        let close = |a: Instant, b: Instant| a.max(b) - a.min(b) <= Duration::from_millis(50);
+        assert!(close(lease.expires_at, now + secs(30)));
+        assert!(close(h.action_at().expect("renew at"), now + secs(20)));
+        assert_eq!(h.plan(Instant::now()), Plan::Reuse, "not issued again");
+        let c = v.held.get(&pki).expect("the certificate, by its whole key");
+        assert_eq!(response_of(c)["data"]["certificate"], "C\n\u{e9}");
+        assert!(c.lease().is_none() && c.action_at().is_none());
+        assert_eq!(
+            v.retired.len(),
+            1,
+            "the superseded lease is still revoked with the volume"
+        );
+        assert_eq!(v.retired[0].id.expose(), "database/creds/app/AbC");
+
+        // Not a handover, or cut short: nothing is taken.
+        assert_eq!(LeaseTable::default().import(b"baofs-logins 1\n"), None);
+        let cut = LeaseTable::default();
+        assert_eq!(cut.import(&bytes[..bytes.len() - 5]), None);
+        assert_eq!(cut.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_final_handover_replaces_what_the_successor_issued_meanwhile() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let db = key("database/creds/app");
+        let owner = LeaseTable::default();
+        owner.slot("vol").lock().await.put(
+            db.clone(),
+            Held::from_response(db_response(30, true), false, now, wall).expect("kept"),
+            now,
+        );
+        let successor = LeaseTable::default();
+        let mut mine = db_response(30, true);
+        mine["lease_id"] = json!("database/creds/app/MINE");
+        successor.slot("vol").lock().await.put(
+            db.clone(),
+            Held::from_response(mine, false, now, wall).expect("kept"),
+            now,
+        );
+        assert_eq!(successor.import(&owner.export()), Some(1));
+        let slot = successor.slot("vol");
+        let mut v = slot.lock().await;
+        let held = v.held.get(&db).and_then(Held::lease).expect("kept");
+        assert_eq!(
+            held.id.expose(),
+            "database/creds/app/AbC",
+            "the owner's lease is served"
+        );
+        let ids: Vec<String> = v
+            .drain(Instant::now())
+            .iter()
+            .map(|i| i.expose().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            ["database/creds/app/AbC", "database/creds/app/MINE"],
+            "the successor's own lease is revoked with the volume, not leaked"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_leases_are_not_handed_over_and_changes_are_announced() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let t = LeaseTable::default();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        t.set_on_change(Box::new(move || {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let past = now.checked_sub(secs(40)).expect("an instant 40 s ago");
+        {
+            let slot = t.slot("vol");
+            let mut v = slot.lock().await;
+            let before = v.revision();
+            v.put(
+                key("database/creds/app"),
+                Held::from_response(db_response(30, true), false, past, wall).expect("kept"),
+                past,
+            );
+            assert_ne!(v.revision(), before);
+            let r = v.revision();
+            v.renewed(&key("database/creds/app"), secs(30), true, now);
+            assert_ne!(v.revision(), r, "a renewal is a change");
+            let r = v.revision();
+            v.renewed(&key("not-kept"), secs(30), true, now);
+            assert_eq!(v.revision(), r);
+            // Back to expired for the export.
+            v.held
+                .get_mut(&key("database/creds/app"))
+                .and_then(|h| h.lease.as_mut())
+                .expect("lease")
+                .expires_at = past + secs(30);
+        }
+        t.changed();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let fresh = LeaseTable::default();
+        assert_eq!(fresh.import(&t.export()), Some(1));
+        assert!(
+            fresh.slot("vol").lock().await.held.is_empty(),
+            "an expired lease is issued again, not renewed"
+        );
     }
 }
