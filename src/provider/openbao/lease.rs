@@ -363,8 +363,16 @@ pub(crate) type OnChange = Box<dyn Fn() + Send + Sync>;
 /// The state of every volume, by volume id.
 #[derive(Default)]
 pub(crate) struct LeaseTable {
-    volumes: Mutex<HashMap<String, VolumeSlot>>,
+    volumes: Mutex<HashMap<String, Entry>>,
     on_change: std::sync::OnceLock<OnChange>,
+}
+
+/// A volume's slot, and whether it kept something when last released (read without waiting
+/// for a fetch in progress).
+#[derive(Default)]
+struct Entry {
+    slot: VolumeSlot,
+    kept: bool,
 }
 
 impl fmt::Debug for LeaseTable {
@@ -376,13 +384,13 @@ impl fmt::Debug for LeaseTable {
 }
 
 impl LeaseTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VolumeSlot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `volume`'s slot, created if needed.
     pub(crate) fn slot(&self, volume: &str) -> VolumeSlot {
-        Arc::clone(self.lock().entry(volume.to_owned()).or_default())
+        Arc::clone(&self.lock().entry(volume.to_owned()).or_default().slot)
     }
 
     /// Forgets `volume`'s slot if it keeps nothing and nobody else uses it (`slot` is the
@@ -391,15 +399,17 @@ impl LeaseTable {
         let mut volumes = self.lock();
         // Two references: the table's and the caller's; a waiter holds a third.
         let unused = Arc::strong_count(&slot) <= 2;
-        let empty = slot.try_lock().is_ok_and(|g| g.is_empty());
-        if unused && empty {
+        let empty = slot.try_lock().ok().map(|g| g.is_empty());
+        if unused && empty == Some(true) {
             volumes.remove(volume);
+        } else if let (Some(empty), Some(e)) = (empty, volumes.get_mut(volume)) {
+            e.kept = !empty;
         }
     }
 
     /// Removes and returns `volume`'s slot.
     pub(crate) fn take(&self, volume: &str) -> Option<VolumeSlot> {
-        self.lock().remove(volume)
+        self.lock().remove(volume).map(|e| e.slot)
     }
 
     /// Number of volumes with state.
@@ -423,20 +433,32 @@ impl LeaseTable {
     /// or a crash), so it goes on serving and renewing them instead of issuing every dynamic
     /// secret again (new credentials in every pod, the old ones left to their TTL). Responses
     /// and lease ids are secrets: the buffer is built at its exact size and only ever goes
-    /// into `memfd_secret` memory. A volume busy with a fetch is left out (the successor
-    /// issues its secrets again); so is an expired lease.
+    /// into `memfd_secret` memory. A volume busy with a fetch is left out (a successor would
+    /// issue its secrets again), and another export is asked for (`changed`) so that it is
+    /// not left out for long; an expired lease is left out.
     pub(crate) fn export(&self) -> Zeroizing<Vec<u8>> {
         let (now, wall_now) = (Instant::now(), SystemTime::now());
-        let slots: Vec<(String, VolumeSlot)> = self
+        let slots: Vec<(String, VolumeSlot, bool)> = self
             .lock()
             .iter()
-            .map(|(v, s)| (v.clone(), Arc::clone(s)))
+            .map(|(v, e)| (v.clone(), Arc::clone(&e.slot), e.kept))
             .collect();
+        let mut busy = false;
         let guards: Vec<(String, tokio::sync::MutexGuard<'_, VolumeLeases>)> = slots
             .iter()
-            .filter_map(|(v, s)| Some((v.clone(), s.try_lock().ok()?)))
+            .filter_map(|(v, s, kept)| match s.try_lock() {
+                Ok(g) => Some((v.clone(), g)),
+                Err(_) => {
+                    // Busy with its first fetch, or keeping nothing: nothing to miss.
+                    busy |= *kept;
+                    None
+                }
+            })
             .filter(|(_, g)| !g.is_empty())
             .collect();
+        if busy {
+            self.changed();
+        }
         let live = |l: &Lease| l.expires_at > now;
         let held_len = |k: &ReadKey, h: &Held| {
             text_len(&k.path)
@@ -601,6 +623,10 @@ impl LeaseTable {
             state.retired.extend(extra);
             state.revision = revision;
             *guard = state;
+            drop(guard);
+            if let Some(e) = self.lock().get_mut(&volume) {
+                e.kept = true;
+            }
         }
         Some(taken)
     }
@@ -938,6 +964,8 @@ mod tests {
                 .expect("lease")
                 .expires_at = past + secs(30);
         }
+        // As at the end of a fetch: the table learns the volume keeps something.
+        t.done("vol", t.slot("vol"));
         t.changed();
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         let fresh = LeaseTable::default();
@@ -946,5 +974,21 @@ mod tests {
             fresh.slot("vol").lock().await.held.is_empty(),
             "an expired lease is issued again, not renewed"
         );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A volume that keeps something, busy with a fetch, is left out, and another export is
+        // asked for; one that keeps nothing is not worth one.
+        let idle = t.slot("kv-only");
+        let _fetching = idle.lock().await;
+        assert_eq!(LeaseTable::default().import(&t.export()), Some(1));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let slot = t.slot("vol");
+        let busy = slot.lock().await;
+        let bytes = t.export();
+        assert_eq!(LeaseTable::default().import(&bytes), Some(0));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        drop(busy);
+        assert_eq!(LeaseTable::default().import(&t.export()), Some(1));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }
