@@ -495,6 +495,23 @@ async fn publish_volume(
     vol
 }
 
+/// Publishes `count` volumes `v0`, `v1`, … with files `password` and `user`, each checked
+/// readable.
+async fn publish_readable(
+    cx: &Ctx,
+    n: &Node,
+    csi: &mut NodeClient<Channel>,
+    count: usize,
+) -> Vec<Vol> {
+    let mut vols = Vec::new();
+    for i in 0..count {
+        let v = publish_volume(cx, n, csi, &format!("v{i}"), &["password", "user"]).await;
+        v.assert_readable();
+        vols.push(v);
+    }
+    vols
+}
+
 async fn unpublish_all(csi: &mut NodeClient<Channel>, vols: &[Vol]) {
     for v in vols {
         csi.node_unpublish_volume(unpublish_request(&v.id, &v.target))
@@ -896,12 +913,7 @@ async fn sigkill_driver_keeps_every_volume_readable() {
         "a first start has nothing to take over: {before:?}"
     );
     let mut csi = d1.node().await;
-    let mut vols = Vec::new();
-    for i in 0..3 {
-        let v = publish_volume(&cx, &n, &mut csi, &format!("v{i}"), &["password", "user"]).await;
-        v.assert_readable();
-        vols.push(v);
-    }
+    let mut vols = publish_readable(&cx, &n, &mut csi, 3).await;
     let ids = mount_ids(&vols);
     assert!(ids.iter().all(Option::is_some), "{ids:?}");
 
@@ -1086,12 +1098,7 @@ async fn planned_handoff_measures_the_gap() {
     let mut a = n.spawn_driver("driver-a", &[]);
     a.wait_serving();
     let mut csi = a.node().await;
-    let mut vols = Vec::new();
-    for i in 0..2 {
-        let v = publish_volume(&cx, &n, &mut csi, &format!("v{i}"), &["password", "user"]).await;
-        v.assert_readable();
-        vols.push(v);
-    }
+    let vols = publish_readable(&cx, &n, &mut csi, 2).await;
     drop(csi);
     let ids = mount_ids(&vols);
     let readers = Readers::start(&vols);
@@ -1151,12 +1158,7 @@ async fn holder_gone_too_cleans_dead_mounts() {
     let mut d1 = n.spawn_driver("driver-1", &[]);
     d1.wait_serving();
     let mut csi = d1.node().await;
-    let mut vols = Vec::new();
-    for i in 0..2 {
-        let v = publish_volume(&cx, &n, &mut csi, &format!("v{i}"), &["password", "user"]).await;
-        v.assert_readable();
-        vols.push(v);
-    }
+    let vols = publish_readable(&cx, &n, &mut csi, 2).await;
     drop(csi);
 
     d1.kill_group();

@@ -556,8 +556,8 @@ impl LeaseTable {
                     method: method_of(r.byte()?)?,
                     body: r.opt_text()?.map(str::to_owned),
                 };
+                // Parsed last, once nothing can fail before it is held (`Held` wipes it).
                 let json = r.text()?;
-                let response: Value = serde_json::from_str(json).ok()?;
                 let lease = match r.byte()? {
                     0 => None,
                     _ => {
@@ -577,7 +577,6 @@ impl LeaseTable {
                     Some((id, ttl, expires, renewable)) => {
                         // Expired on the way: issued again at first use.
                         let Some(expires_at) = instant_of(expires, now, wall_now) else {
-                            kv::zeroize_value(response);
                             continue;
                         };
                         Some(Lease {
@@ -589,6 +588,7 @@ impl LeaseTable {
                     }
                     None => None,
                 };
+                let response: Value = serde_json::from_str(json).ok()?;
                 state.held.insert(
                     key,
                     Held {
@@ -606,13 +606,14 @@ impl LeaseTable {
             }
             volumes.push((volume, state));
         }
-        let taken = volumes.len();
+        let mut taken = 0;
         for (volume, mut state) in volumes {
             let slot = self.slot(&volume);
             let Ok(mut guard) = slot.try_lock() else {
                 // Busy: this process is fetching it; what it keeps stands.
                 continue;
             };
+            taken += 1;
             let mine = std::mem::take(&mut *guard);
             let revision = mine.revision + 1;
             let extra: Vec<Retired> = mine
